@@ -1,0 +1,1 @@
+"""mseg-jax: MSeg multi-domain semantic segmentation in JAX/Flax."""
