@@ -1,0 +1,121 @@
+"""Frames/s of the official test-time procedure on a 1920x1080 frame.
+
+  python benchmarks/bench_inference.py [--model hrnet_w48] [--settings 360:ss]
+      [--estimate 720:ss,1080:ss,360:ms,720:ms,1080:ms] [--crop 713] [--batch-size 1]
+      [--dtype float32] [--frames 1] [--checkpoint DIR]
+
+On an accelerator, measure everything: --settings 360:ss,720:ss,1080:ss,360:ms,720:ms,1080:ms
+--estimate "" --batch-size 8.
+
+For each base size / scales setting: windows per frame (each runs with its flip), seconds per
+frame and frames/s, after one warm-up frame (compilation). Also the time of one network call
+(batch-size windows + flips), from which `--estimate` settings are extrapolated as
+(network calls per frame) x (time per call) instead of run. Weights are random unless
+--checkpoint is given (the speed does not depend on them). For reference, the MSeg README gives
+24.04 / 16.85 / 12.37 fps at crop 473 / 593 / 713 on a Quadro P5000 (its batched single-scale
+demo, one window per frame).
+"""
+
+import argparse
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mseg_jax import inference, models
+from mseg_jax.models.convert import abstract_variables
+
+
+def random_variables(config: models.HRNetConfig, seed: int = 0):
+  """He-normal kernels, small biases, BN statistics near (0, 1): no compiled init needed."""
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = jax.tree_util.keystr(path)
+    if name.endswith("['kernel']"):
+      return rng.normal(0, math.sqrt(2 / np.prod(leaf.shape[:-1])), leaf.shape).astype(np.float32)
+    if name.endswith("['var']") or name.endswith("['scale']"):
+      return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
+    return rng.uniform(-0.1, 0.1, leaf.shape).astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(fill, abstract_variables(config))
+
+
+def windows_per_scale(height: int, width: int, base_size: int, scales, crop: int) -> list[int]:
+  counts = []
+  for scale in scales:
+    h, w = inference.scaled_size(height, width, base_size, scale)
+    counts.append(len(inference.window_layout(h, w, crop).starts))
+  return counts
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--model", default="hrnet_w48", help="models.preset name")
+  parser.add_argument("--checkpoint", help="a model dir instead of random --model weights")
+  parser.add_argument("--settings", default="360:ss",
+                      help="comma-separated base_size:ss|ms to run")
+  parser.add_argument("--estimate", default="720:ss,1080:ss,360:ms,720:ms,1080:ms",
+                      help="settings to extrapolate from the time per network call")
+  parser.add_argument("--crop", type=int, default=713)
+  parser.add_argument("--batch-size", type=int, default=1)
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+  parser.add_argument("--frames", type=int, default=1, help="timed frames per setting")
+  parser.add_argument("--height", type=int, default=1080)
+  parser.add_argument("--width", type=int, default=1920)
+  args = parser.parse_args()
+
+  if args.checkpoint:
+    model, variables = models.load_checkpoint(args.checkpoint)
+  else:
+    config = models.preset(args.model)
+    model, variables = models.HRNet(config=config), random_variables(config)
+  variables = jax.device_put(variables)
+  dtype = jnp.dtype(args.dtype)
+  rng = np.random.default_rng(0)
+  frame = rng.integers(0, 256, (args.height, args.width, 3), dtype=np.uint8)
+  print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), model "
+        f"{args.checkpoint or args.model}, crop {args.crop}, batch {args.batch_size} windows "
+        f"(+flips), {args.dtype}, frame {args.width}x{args.height}")
+
+  predictor = inference.Predictor(model, variables, crop=args.crop, batch_size=args.batch_size,
+                                  dtype=dtype)
+  crops = jnp.zeros((args.batch_size, args.crop, args.crop, 3), jnp.float32)
+  t0 = time.perf_counter()
+  jax.block_until_ready(predictor.net(variables, crops, None))
+  compile_s = time.perf_counter() - t0
+  times = []
+  for _ in range(3):
+    t0 = time.perf_counter()
+    jax.block_until_ready(predictor.net(variables, crops, None))
+    times.append(time.perf_counter() - t0)
+  per_call = min(times)
+  print(f"network call ({args.batch_size} windows + flips): first {compile_s:.1f} s "
+        f"(compile + run), then {per_call:.3f} s")
+
+  print("| base size | scales | windows/frame | s/frame | frames/s | measured |")
+  print("|---|---|---|---|---|---|")
+  for spec, measured in [(s, True) for s in args.settings.split(",") if s] + \
+                        [(s, False) for s in args.estimate.split(",") if s]:
+    base, scales_name = spec.split(":")
+    scales = inference.scales_from_name(scales_name)
+    counts = windows_per_scale(args.height, args.width, int(base), scales, args.crop)
+    windows = sum(counts)
+    if measured:
+      predictor = inference.Predictor(model, variables, base_size=int(base), scales=scales,
+                                      crop=args.crop, batch_size=args.batch_size, dtype=dtype)
+      np.asarray(predictor(frame))  # warm-up: compiles the per-size functions
+      t0 = time.perf_counter()
+      for _ in range(args.frames):
+        np.asarray(predictor(frame))
+      seconds = (time.perf_counter() - t0) / args.frames
+    else:
+      seconds = sum(math.ceil(n / args.batch_size) for n in counts) * per_call
+    print(f"| {base} | {scales_name} | {windows} | {seconds:.2f} | {1 / seconds:.3f} | "
+          f"{'yes' if measured else 'estimate'} |", flush=True)
+
+
+if __name__ == "__main__":
+  main()

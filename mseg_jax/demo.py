@@ -1,0 +1,152 @@
+"""Segments an image, a directory of images or a video with the official test-time procedure.
+
+  python -m mseg_jax.demo --checkpoint DIR --input IMAGE|DIR|VIDEO --output-dir OUT \
+      [--taxonomy universal|<dataset>] [--base-size 360] [--scales ms] [--crop 713]
+
+Writes OUT/gray/<stem>.png (uint8 label maps, lossless, in the chosen taxonomy) and
+OUT/overlay/<stem>.jpg (colour overlay with a legend of the classes present). A video gives
+OUT/gray/<stem>_<frame>.png per frame and OUT/<stem>_overlay.mp4. Defaults are the official
+demo's (universal taxonomy, base size 360, multi-scale, crop 713).
+"""
+
+import argparse
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from mseg_jax import inference, models, taxonomy, visualize
+from mseg_jax.input_pipeline import sources
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+
+
+class DemoInputError(ValueError):
+  """An input that is missing, of an unknown kind, or unreadable."""
+
+
+def list_images(directory: Path) -> list[Path]:
+  """Image files under `directory` (recursive, sorted)."""
+  images = sorted(p for p in directory.rglob("*")
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+  if not images:
+    raise DemoInputError(f"{directory}: no images ({', '.join(IMAGE_SUFFIXES)}) in directory")
+  return images
+
+
+def video_frames(path: Path) -> Iterator[np.ndarray]:
+  """RGB uint8 frames of a video."""
+  capture = cv2.VideoCapture(str(path))
+  if not capture.isOpened():
+    raise DemoInputError(f"{path}: unreadable video")
+  count = 0
+  try:
+    while True:
+      ok, frame = capture.read()
+      if not ok:
+        break
+      count += 1
+      yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+  finally:
+    capture.release()
+  if count == 0:
+    raise DemoInputError(f"{path}: unreadable video (no frames decoded)")
+
+
+def _write(out_dir: Path, stem: str, image: np.ndarray, labels: np.ndarray,
+           names: list[str]) -> np.ndarray:
+  cv2.imwrite(str(out_dir / "gray" / f"{stem}.png"), labels)
+  overlay = visualize.overlay_with_legend(image, labels, names)
+  cv2.imwrite(str(out_dir / "overlay" / f"{stem}.jpg"), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+  return overlay
+
+
+def run(predictor: inference.Predictor, input_path: str | Path, out_dir: str | Path,
+        class_names: list[str]) -> list[Path]:
+  """Segments `input_path` (image, directory or video) into `out_dir`; returns the grey maps."""
+  input_path, out_dir = Path(input_path), Path(out_dir)
+  if not input_path.exists():
+    raise DemoInputError(f"{input_path}: input not found")
+  (out_dir / "gray").mkdir(parents=True, exist_ok=True)
+  written = []
+  if input_path.is_dir() or input_path.suffix.lower() in IMAGE_SUFFIXES:
+    (out_dir / "overlay").mkdir(exist_ok=True)
+    if input_path.is_dir():
+      images = list_images(input_path)
+      stems = ["_".join(p.relative_to(input_path).with_suffix("").parts) for p in images]
+    else:
+      images, stems = [input_path], [input_path.stem]
+    for path, stem in tqdm.tqdm(list(zip(images, stems, strict=True)), desc="demo", unit="img",
+                                disable=len(images) < 2):
+      image = sources.load_image(path)
+      _write(out_dir, stem, image, np.asarray(predictor(image)), class_names)
+      written.append(out_dir / "gray" / f"{stem}.png")
+    return written
+  if input_path.suffix.lower() not in VIDEO_SUFFIXES:
+    raise DemoInputError(f"{input_path}: not an image ({', '.join(IMAGE_SUFFIXES)}), a video "
+                         f"({', '.join(VIDEO_SUFFIXES)}) or a directory")
+  capture = cv2.VideoCapture(str(input_path))
+  fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
+  total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+  capture.release()
+  writer = None
+  video_out = out_dir / f"{input_path.stem}_overlay.mp4"
+  try:
+    for i, frame in enumerate(tqdm.tqdm(video_frames(input_path), total=total, desc="demo",
+                                        unit="frame")):
+      labels = np.asarray(predictor(frame))
+      stem = f"{input_path.stem}_{i:06d}"
+      cv2.imwrite(str(out_dir / "gray" / f"{stem}.png"), labels)
+      written.append(out_dir / "gray" / f"{stem}.png")
+      overlay = visualize.overlay_with_legend(frame, labels, class_names, fixed_size=True)
+      if writer is None:
+        writer = cv2.VideoWriter(str(video_out), cv2.VideoWriter_fourcc(*"mp4v"), fps,
+                                 (overlay.shape[1], overlay.shape[0]))
+      writer.write(cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+  finally:
+    if writer is not None:
+      writer.release()
+  return written
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--checkpoint", required=True, help="model dir (models.save_checkpoint)")
+  parser.add_argument("--input", required=True, help="an image, a directory or a video")
+  parser.add_argument("--output-dir", required=True)
+  parser.add_argument("--taxonomy", default="universal",
+                      help="'universal' or a dataset whose classes to predict (e.g. camvid-11)")
+  parser.add_argument("--base-size", type=int, default=360)
+  parser.add_argument("--scales", choices=("ss", "ms"), default="ms")
+  parser.add_argument("--crop", type=int, default=713)
+  parser.add_argument("--batch-size", type=int, default=None,
+                      help="windows per network call (default 8 on GPU/TPU, 2 on CPU)")
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+  args = parser.parse_args(argv)
+
+  model, variables = models.load_checkpoint(args.checkpoint)
+  try:
+    names = taxonomy.class_names(args.taxonomy)
+    projection = inference.output_projection(model.config.num_classes, args.taxonomy)
+  except ValueError as e:
+    parser.error(str(e))
+  predictor = inference.Predictor(
+    model, variables, base_size=args.base_size, scales=inference.scales_from_name(args.scales),
+    crop=args.crop, projection=projection,
+    batch_size=args.batch_size or (2 if jax.default_backend() == "cpu" else 8),
+    dtype=jnp.dtype(args.dtype))
+  try:
+    written = run(predictor, args.input, args.output_dir, names)
+  except (DemoInputError, sources.InputError) as e:
+    sys.exit(f"mseg_jax.demo: error: {e}")
+  print(f"wrote {len(written)} label maps to {Path(args.output_dir) / 'gray'}")
+
+
+if __name__ == "__main__":
+  main()

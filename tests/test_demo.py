@@ -1,0 +1,79 @@
+"""The demo writes grey label maps and overlays for an image, a directory and a short video."""
+
+import cv2
+import numpy as np
+import pytest
+from test_evaluate import write_tiny_checkpoint
+
+from mseg_jax import demo, taxonomy
+from mseg_jax.input_pipeline import catalog, sources, synthetic
+
+FAST = ["--base-size", "64", "--crop", "65", "--scales", "ss", "--batch-size", "2"]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+  root = synthetic.write_synthetic(tmp_path_factory.mktemp("data"), num_train=1, num_val=1,
+                                   num_test=3, size=(96, 128))
+  records = sources.read_list(catalog.list_path(root, "camvid-11", "val"),
+                              catalog.dataset_root(root, "camvid-11"))
+  return [path for path, _ in records]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+  return str(write_tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny"))
+
+
+def _gray(path, shape, num_classes):
+  labels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+  assert labels.dtype == np.uint8 and labels.shape == shape and labels.max() < num_classes
+  return labels
+
+
+def test_image_in_universal_taxonomy_with_default_multi_scale(images, checkpoint, tmp_path):
+  demo.main(["--checkpoint", checkpoint, "--input", str(images[0]), "--output-dir",
+             str(tmp_path), "--base-size", "48", "--crop", "65"])
+  _gray(tmp_path / "gray" / f"{images[0].stem}.png", (96, 128), 194)
+  overlay = cv2.imread(str(tmp_path / "overlay" / f"{images[0].stem}.jpg"))
+  assert overlay.shape[0] >= 96 and overlay.shape[1] > 128  # the legend is beside the image
+
+
+def test_directory_in_a_test_taxonomy(images, checkpoint, tmp_path):
+  demo.main(["--checkpoint", checkpoint, "--input", str(images[0].parent), "--output-dir",
+             str(tmp_path), "--taxonomy", "camvid-11", *FAST])
+  for path in images:
+    _gray(tmp_path / "gray" / f"{path.stem}.png", (96, 128), 11)
+  assert len(list((tmp_path / "overlay").glob("*.jpg"))) == len(images)
+
+
+def test_video_gives_grey_frames_and_an_overlay_mp4(images, checkpoint, tmp_path):
+  video = tmp_path / "clip.mp4"
+  writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (128, 96))
+  for path in images:
+    writer.write(cv2.imread(str(path)))
+  writer.release()
+  out = tmp_path / "out"
+  demo.main(["--checkpoint", checkpoint, "--input", str(video), "--output-dir", str(out), *FAST])
+  for i in range(len(images)):
+    _gray(out / "gray" / f"clip_{i:06d}.png", (96, 128), taxonomy.NUM_UNIVERSAL)
+  capture = cv2.VideoCapture(str(out / "clip_overlay.mp4"))
+  frames = 0
+  while capture.read()[0]:
+    frames += 1
+  assert frames == len(images)
+
+
+@pytest.mark.parametrize("name,content,message", [
+  ("broken.png", b"not a png", "unreadable image"),
+  ("broken.mp4", b"not a video", "unreadable video"),
+  ("notes.txt", b"text", "not an image"),
+  ("missing.jpg", None, "input not found"),
+])
+def test_unreadable_input_is_a_clear_error(checkpoint, tmp_path, name, content, message):
+  path = tmp_path / name
+  if content is not None:
+    path.write_bytes(content)
+  with pytest.raises(SystemExit, match=f"{path}.*{message}"):
+    demo.main(["--checkpoint", checkpoint, "--input", str(path), "--output-dir",
+               str(tmp_path / "out"), *FAST])

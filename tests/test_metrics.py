@@ -1,0 +1,124 @@
+"""Metrics equal an independent numpy version of the official `intersectionAndUnion`."""
+
+import numpy as np
+import pytest
+
+from mseg_jax import metrics
+
+
+def official_intersection_and_union(output, target, k, ignore_index=255):
+  """mseg_semantic/utils/iou.py, numpy: histograms with bins 0..K, 255 out of range."""
+  output = output.reshape(-1).astype(np.int64).copy()
+  target = target.reshape(-1).astype(np.int64)
+  output[target == ignore_index] = ignore_index
+  intersection = output[output == target]
+  area_i, _ = np.histogram(intersection, bins=np.arange(k + 1))
+  area_o, _ = np.histogram(output, bins=np.arange(k + 1))
+  area_t, _ = np.histogram(target, bins=np.arange(k + 1))
+  return area_i, area_o + area_t - area_i, area_t
+
+
+def _images(seed, k=7, n=3, shape=(23, 31)):
+  """Predictions and targets with ignore pixels, class 5 only predicted, class 6 absent."""
+  rng = np.random.default_rng(seed)
+  pairs = []
+  for _ in range(n):
+    target = rng.integers(0, 5, shape).astype(np.uint8)
+    target[rng.random(shape) < 0.2] = 255
+    pred = np.where(rng.random(shape) < 0.6, target, rng.integers(0, 6, shape)).astype(np.uint8)
+    pred[pred == 255] = 0
+    pairs.append((pred, target))
+  return pairs
+
+
+def test_iou_equals_official_numpy_over_several_images():
+  k = 7
+  pairs = _images(0, k)
+  acc = metrics.ConfusionAccumulator(k)
+  sums = np.zeros((3, k), np.int64)
+  for pred, target in pairs:
+    acc.update(pred, target)
+    sums += np.stack(official_intersection_and_union(pred, target, k))
+  got = metrics.scores(acc.result())
+  inter, union, area_t = sums
+  iou = inter / (union + 1e-10)
+  assert union[6] == 0 and area_t[5] == 0 and union[5] > 0  # the cases the test is about
+  np.testing.assert_allclose(got["iou"], iou, rtol=1e-12)
+  np.testing.assert_allclose(got["acc"], inter / (area_t + 1e-10), rtol=1e-12)
+  assert got["miou"] == pytest.approx(iou.mean())  # absent class 6 counts as 0
+  assert got["miou_present"] == pytest.approx(iou[:6].mean())
+  assert got["pixel_acc"] == pytest.approx(inter.sum() / area_t.sum())
+  assert got["iou"][5] == 0.0 and got["present"][5] and not got["present"][6]
+
+
+def test_excluded_ids_leave_the_mean():
+  k = 7
+  pred, target = _images(1, k, n=1)[0]
+  inter, union, _ = official_intersection_and_union(pred, target, k)
+  iou = inter / (union + 1e-10)
+  got = metrics.scores(metrics.confusion_matrix(pred, target, k), excluded_ids=[2, 6])
+  assert got["miou"] == pytest.approx(iou[[0, 1, 3, 4, 5]].mean())
+
+
+def test_accumulator_flushes_before_int32_overflow(monkeypatch):
+  monkeypatch.setattr(metrics.ConfusionAccumulator, "_FLUSH_AT", 1000)
+  k = 7
+  pairs = _images(2, k, n=4)  # 713 pixels each: flushes between images
+  acc = metrics.ConfusionAccumulator(k, initial=np.eye(k, dtype=np.int64))
+  for pred, target in pairs:
+    acc.update(pred, target)
+  expected = np.eye(k, dtype=np.int64)
+  for pred, target in pairs:
+    valid = target != 255
+    np.add.at(expected, (target[valid], pred[valid]), 1)
+  np.testing.assert_array_equal(acc.result(), expected)
+
+
+def test_accumulator_rejects_mismatched_shapes():
+  with pytest.raises(ValueError, match="shape"):
+    metrics.ConfusionAccumulator(3).update(np.zeros((2, 3)), np.zeros((3, 2)))
+
+
+def _result(dataset, miou, base_size=360, model="m"):
+  return {"dataset": dataset, "miou": miou, "miou_present": miou, "pixel_acc": 0.9,
+          "base_size": base_size, "scales": [1.0], "regime": "zero_shot", "model": model}
+
+
+def test_paper_table_best_of_base_sizes_and_harmonic_mean():
+  values = {"voc2012": 0.7, "pascal-context-60": 0.4, "camvid-11": 0.8, "wilddash-19": 0.6,
+            "kitti-19": 0.65, "scannet-20": 0.5}
+  results = []
+  for d, v in values.items():
+    results += [_result(d, v - 0.1, 360), _result(d, v, 720), _result(d, v - 0.05, 1080)]
+  table = metrics.markdown_table(results)
+  header, _, row = table.strip().splitlines()
+  assert header.split("|")[4:11] == [" VOC ", " PC ", " CamVid ", " WD ", " KITTI ", " SN ",
+                                     " h.mean "]
+  hmean = 6 / sum(1 / v for v in values.values())
+  cells = [c.strip() for c in row.split("|")[4:11]]
+  assert cells == [f"{100 * v:.1f}" for v in values.values()] + [f"{100 * hmean:.1f}"]
+  at_360 = metrics.markdown_table(results, resolution=360).strip().splitlines()[2]
+  assert at_360.split("|")[6].strip() == "70.0"  # camvid at 360 = 0.8 - 0.1
+
+
+def test_paper_table_without_all_six_has_no_harmonic_mean():
+  table = metrics.markdown_table([_result("camvid-11", 0.5)])
+  assert table.strip().splitlines()[2].split("|")[-2].strip() == "—"
+  assert "CamVid" in table
+
+
+def test_class_table_lists_every_class():
+  pred, target = _images(3, 7, n=1)[0]
+  r = metrics.scores(metrics.confusion_matrix(pred, target, 7))
+  r.update(dataset="toy", class_names=[f"c{i}" for i in range(7)])
+  lines = metrics.class_iou_table(r).strip().splitlines()
+  assert len(lines) == 4 + 7 and "absent" in lines[-1]
+
+
+def test_oracle_harmonic_mean_leaves_out_wilddash():
+  values = {"voc2012": 0.7, "pascal-context-60": 0.4, "camvid-11": 0.8, "kitti-19": 0.65,
+            "scannet-20": 0.5}
+  results = [dict(_result(d, v), regime="oracle") for d, v in values.items()]
+  (row,) = metrics.paper_rows(results)
+  assert row["hmean"] == pytest.approx(5 / sum(1 / v for v in values.values()))
+  assert row["miou"] == values
