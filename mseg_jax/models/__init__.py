@@ -1,0 +1,38 @@
+"""HRNetV2 segmentation model, resizing, the checkpoint format and PyTorch weight conversion."""
+
+from mseg_jax.models.checkpoint import load_checkpoint, save_checkpoint
+from mseg_jax.models.convert import (
+    ConversionError,
+    backbone_to_variables,
+    checkpoint_state_dict,
+    infer_config,
+    state_dict_to_variables,
+    variables_to_state_dict,
+)
+from mseg_jax.models.hrnet import (
+    BatchNorm,
+    HRNet,
+    HRNetConfig,
+    compiler_options,
+    fold_batch_norm,
+    preset,
+)
+from mseg_jax.models.resize import resize_bilinear
+
+__all__ = [
+    "BatchNorm",
+    "ConversionError",
+    "HRNet",
+    "HRNetConfig",
+    "backbone_to_variables",
+    "checkpoint_state_dict",
+    "compiler_options",
+    "fold_batch_norm",
+    "infer_config",
+    "load_checkpoint",
+    "preset",
+    "resize_bilinear",
+    "save_checkpoint",
+    "state_dict_to_variables",
+    "variables_to_state_dict",
+]

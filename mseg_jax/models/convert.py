@@ -1,0 +1,213 @@
+"""PyTorch HRNet state_dict <-> Flax variables, with architecture inference and strict checks.
+
+Flax modules are named by their PyTorch module path, so `conv.weight` (OIHW) <-> params[conv]
+["kernel"] (HWIO), `conv.bias` <-> params[conv]["bias"], and a BatchNorm's weight, bias,
+running_mean, running_var <-> params[bn]["scale"], params[bn]["bias"], batch_stats[bn]["mean"],
+batch_stats[bn]["var"]. Every key and shape is checked both ways (the official loader used
+strict=False and hid mismatches).
+"""
+
+import functools
+import re
+from collections import OrderedDict
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mseg_jax.models.hrnet import HRNet, HRNetConfig
+
+HEAD_PREFIX = "last_layer."
+# The ImageNet classification HRNet's head (cls_hrnet.py), ignored by --backbone-only.
+CLASSIFIER_PREFIXES = ("incre_modules.", "downsamp_modules.", "final_layer.", "classifier.")
+
+
+class ConversionError(ValueError):
+  """A checkpoint does not match the HRNet architecture."""
+
+
+def checkpoint_state_dict(checkpoint: Any, path: str = "checkpoint") -> dict[str, np.ndarray]:
+  """The model state_dict of a loaded `.pth` object.
+
+  Accepts the released wrapping {"state_dict": {"module." + key: tensor}, "optimizer": ...} and
+  a bare state_dict; strips "module.", drops `num_batches_tracked` and every other top-level key.
+  """
+  state_dict = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+  if not isinstance(state_dict, dict):
+    raise ConversionError(f"{path}: expected a state_dict or a dict with 'state_dict', "
+                          f"got {type(checkpoint).__name__}")
+  out = {}
+  for key, value in state_dict.items():
+    if not isinstance(key, str) or not isinstance(value, np.ndarray):
+      raise ConversionError(f"{path}: state_dict entry {key!r} is not a named tensor")
+    key = key.removeprefix("module.")
+    if not key.endswith(".num_batches_tracked"):
+      out[key] = value
+  return out
+
+
+def _num_indices(state_dict: dict[str, Any], pattern: str) -> int:
+  """1 + the largest integer captured by `pattern` over the keys (0 when none matches)."""
+  regex = re.compile(pattern)
+  found = [int(m.group(1)) for k in state_dict if (m := regex.match(k))]
+  return max(found) + 1 if found else 0
+
+
+def infer_config(state_dict: dict[str, np.ndarray], num_classes: int | None = None,
+                 path: str = "state_dict") -> HRNetConfig:
+  """HRNetConfig from key names and shapes; num_classes from `last_layer.3.weight` unless given."""
+
+  def shape(key):
+    if key not in state_dict:
+      raise ConversionError(f"{path}: cannot infer the HRNet architecture, {key} is missing")
+    return state_dict[key].shape
+
+  modules, blocks, widths = [], [], []
+  stage = 2
+  while f"stage{stage}.0.branches.0.0.conv1.weight" in state_dict:
+    s = rf"stage{stage}\."
+    branches = _num_indices(state_dict, s + r"0\.branches\.(\d+)\.")
+    modules.append(_num_indices(state_dict, s + r"(\d+)\."))
+    blocks.append(tuple(_num_indices(state_dict, s + rf"0\.branches\.{b}\.(\d+)\.conv1\.weight")
+                        for b in range(branches)))
+    widths.append(tuple(shape(f"stage{stage}.0.branches.{b}.0.conv1.weight")[0]
+                        for b in range(branches)))
+    stage += 1
+  if not modules:
+    raise ConversionError(f"{path}: cannot infer the HRNet architecture, no stage2.* keys")
+  try:
+    return HRNetConfig(
+        num_classes=int(shape("last_layer.3.weight")[0] if num_classes is None else num_classes),
+        stage1_blocks=_num_indices(state_dict, r"layer1\.(\d+)\.conv1\.weight"),
+        stage1_planes=int(shape("layer1.0.conv1.weight")[0]),
+        stage_modules=tuple(modules),
+        stage_blocks=tuple(blocks),
+        stage_widths=tuple(tuple(int(w) for w in ws) for ws in widths),
+    )
+  except ValueError as e:
+    raise ConversionError(f"{path}: not an HRNetV2 state_dict: {e}") from e
+
+
+@functools.lru_cache(maxsize=8)
+def abstract_variables(config: HRNetConfig) -> dict[str, Any]:
+  """{"params", "batch_stats"} of HRNet(config) as ShapeDtypeStructs (nothing is computed)."""
+  model = HRNet(config)
+  x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+  return jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
+
+
+def torch_shapes(config: HRNetConfig) -> dict[str, tuple[int, ...]]:
+  """The official state_dict's keys (no `module.`, no num_batches_tracked) and shapes."""
+  variables = abstract_variables(config)
+  shapes = {}
+  for name, leaves in variables["params"].items():
+    if "kernel" in leaves:
+      kh, kw, i, o = leaves["kernel"].shape
+      shapes[f"{name}.weight"] = (o, i, kh, kw)
+      if "bias" in leaves:
+        shapes[f"{name}.bias"] = leaves["bias"].shape
+    else:
+      for key in ("weight", "bias", "running_mean", "running_var"):
+        shapes[f"{name}.{key}"] = leaves["scale"].shape
+  return shapes
+
+
+def _check(state_dict: dict[str, np.ndarray], expected: dict[str, tuple[int, ...]],
+           config: HRNetConfig, path: str) -> None:
+  missing = [k for k in expected if k not in state_dict]
+  unexpected = [k for k in state_dict if k not in expected]
+  wrong = [f"{k}: {tuple(state_dict[k].shape)}, expected {expected[k]}"
+           for k in expected if k in state_dict and tuple(state_dict[k].shape) != expected[k]]
+  not_float = [f"{k}: {state_dict[k].dtype}" for k in expected
+               if k in state_dict and not np.issubdtype(state_dict[k].dtype, np.floating)]
+  problems = [(f"missing keys ({len(missing)})", missing),
+              (f"unexpected keys ({len(unexpected)})", unexpected),
+              (f"keys with the wrong shape ({len(wrong)})", wrong),
+              (f"keys that are not floating point ({len(not_float)})", not_float)]
+  problems = [(title, items) for title, items in problems if items]
+  if problems:
+    details = "\n".join(f"  {title}:\n" + "\n".join(f"    {item}" for item in items)
+                        for title, items in problems)
+    raise ConversionError(f"{path}: state_dict does not match {config}:\n{details}")
+
+
+def _to_variables(state_dict: dict[str, np.ndarray], config: HRNetConfig) -> dict[str, Any]:
+  params, batch_stats = {}, {}
+  for name, leaves in abstract_variables(config)["params"].items():
+    if f"{name}.weight" not in state_dict:
+      continue
+    get = lambda key, n=name: np.asarray(state_dict[f"{n}.{key}"], np.float32)  # noqa: E731
+    if "kernel" in leaves:
+      params[name] = {"kernel": get("weight").transpose(2, 3, 1, 0)}
+      if "bias" in leaves:
+        params[name]["bias"] = get("bias")
+    else:
+      params[name] = {"scale": get("weight"), "bias": get("bias")}
+      batch_stats[name] = {"mean": get("running_mean"), "var": get("running_var")}
+  return {"params": params, "batch_stats": batch_stats}
+
+
+def state_dict_to_variables(state_dict: dict[str, np.ndarray], config: HRNetConfig,
+                            path: str = "state_dict") -> dict[str, Any]:
+  """Flax variables (numpy fp32) from a full segmentation state_dict, checked key by key."""
+  _check(state_dict, torch_shapes(config), config, path)
+  return _to_variables(state_dict, config)
+
+
+def _init_head(config: HRNetConfig, seed: int) -> dict[str, Any]:
+  """Fresh `last_layer` variables as the official init_weights makes them.
+
+  Conv weights N(0, 0.001), conv biases PyTorch's U(+-1/sqrt(fan_in)), BN weight 1, bias 0,
+  running stats 0 and 1. (numpy: jit-compiling `HRNet.init` takes minutes on a 2-core CPU.)
+  """
+  rng = np.random.default_rng(seed)
+  params, batch_stats = {}, {}
+  for name, leaves in abstract_variables(config)["params"].items():
+    if not name.startswith(HEAD_PREFIX):
+      continue
+    if "kernel" in leaves:
+      shape = leaves["kernel"].shape
+      bound = 1 / np.sqrt(np.prod(shape[:3]))
+      params[name] = {"kernel": rng.normal(0, 0.001, shape).astype(np.float32),
+                      "bias": rng.uniform(-bound, bound, shape[3]).astype(np.float32)}
+    else:
+      (c,) = leaves["scale"].shape
+      params[name] = {"scale": np.ones(c, np.float32), "bias": np.zeros(c, np.float32)}
+      batch_stats[name] = {"mean": np.zeros(c, np.float32), "var": np.ones(c, np.float32)}
+  return {"params": params, "batch_stats": batch_stats}
+
+
+def backbone_to_variables(state_dict: dict[str, np.ndarray], config: HRNetConfig,
+                          seed: int = 0, path: str = "state_dict") -> dict[str, Any]:
+  """Loads an ImageNet HRNet checkpoint into the backbone; `last_layer` is freshly initialized.
+
+  The classification head (incre_modules, downsamp_modules, final_layer, classifier) and any
+  last_layer keys are ignored; every backbone key is checked as in state_dict_to_variables.
+  """
+  ignored = CLASSIFIER_PREFIXES + (HEAD_PREFIX,)
+  backbone = {k: v for k, v in state_dict.items() if not k.startswith(ignored)}
+  expected = {k: s for k, s in torch_shapes(config).items() if not k.startswith(HEAD_PREFIX)}
+  _check(backbone, expected, config, path)
+  variables = _to_variables(backbone, config)
+  head = _init_head(config, seed)
+  return {c: variables[c] | head[c] for c in variables}
+
+
+def variables_to_state_dict(variables: dict[str, Any]) -> OrderedDict:
+  """The official state_dict (torch layout, numpy fp32, no `module.`) of HRNet variables."""
+  out = OrderedDict()
+  batch_stats = variables.get("batch_stats", {})
+  for name, leaves in variables["params"].items():
+    leaves = jax.device_get(leaves)
+    if "kernel" in leaves:
+      out[f"{name}.weight"] = np.asarray(leaves["kernel"], np.float32).transpose(3, 2, 0, 1)
+      if "bias" in leaves:
+        out[f"{name}.bias"] = np.asarray(leaves["bias"], np.float32)
+    else:
+      stats = jax.device_get(batch_stats[name])
+      out[f"{name}.weight"] = np.asarray(leaves["scale"], np.float32)
+      out[f"{name}.bias"] = np.asarray(leaves["bias"], np.float32)
+      out[f"{name}.running_mean"] = np.asarray(stats["mean"], np.float32)
+      out[f"{name}.running_var"] = np.asarray(stats["var"], np.float32)
+  return out

@@ -1,0 +1,298 @@
+"""HRNetV2 for semantic segmentation (the official MSeg `seg_hrnet.py`), NHWC in Flax linen.
+
+Every convolution and BatchNorm is a direct child of `HRNet`, named by its PyTorch module path
+("layer1.0.conv1", "stage3.1.fuse_layers.2.0.1.0", "last_layer.3"), so the variables mirror
+the official state_dict one to one (see `convert.py`).
+"""
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mseg_jax.models.resize import resize_bilinear
+
+STEM_WIDTH = 64
+BOTTLENECK_EXPANSION = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class HRNetConfig:
+  """Architecture of an HRNetV2 segmentation network.
+
+  Stage 1 is `stage1_blocks` Bottlenecks of `stage1_planes` planes (4x that many channels out).
+  Stages 2, 3, 4 have `stage_modules[k]` HighResolutionModules whose branch b runs
+  `stage_blocks[k][b]` BasicBlocks of width `stage_widths[k][b]`; each stage adds one branch.
+  """
+
+  num_classes: int = 194
+  stage1_blocks: int = 4
+  stage1_planes: int = 64
+  stage_modules: tuple[int, ...] = (1, 4, 3)
+  stage_blocks: tuple[tuple[int, ...], ...] = ((4, 4), (4, 4, 4), (4, 4, 4, 4))
+  stage_widths: tuple[tuple[int, ...], ...] = ((48, 96), (48, 96, 192), (48, 96, 192, 384))
+
+  def __post_init__(self):
+    n = len(self.stage_modules)
+    if len(self.stage_blocks) != n or len(self.stage_widths) != n:
+      raise ValueError(f"stage_modules, stage_blocks, stage_widths differ in length: {self}")
+    for k, (blocks, widths) in enumerate(zip(self.stage_blocks, self.stage_widths, strict=True)):
+      if len(blocks) != k + 2 or len(widths) != k + 2:
+        raise ValueError(f"stage {k + 2} must have {k + 2} branches (blocks and widths): {self}")
+
+  @property
+  def head_width(self) -> int:
+    return sum(self.stage_widths[-1])
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> "HRNetConfig":
+    return cls(
+        num_classes=int(d["num_classes"]),
+        stage1_blocks=int(d["stage1_blocks"]),
+        stage1_planes=int(d["stage1_planes"]),
+        stage_modules=tuple(int(m) for m in d["stage_modules"]),
+        stage_blocks=tuple(tuple(int(b) for b in s) for s in d["stage_blocks"]),
+        stage_widths=tuple(tuple(int(w) for w in s) for s in d["stage_widths"]),
+    )
+
+
+def _standard(width: int, num_classes: int) -> HRNetConfig:
+  widths = tuple(width * 2**b for b in range(4))
+  return HRNetConfig(
+      num_classes=num_classes,
+      stage_widths=(widths[:2], widths[:3], widths),
+  )
+
+
+def preset(name: str, num_classes: int = 194) -> HRNetConfig:
+  """"hrnet_w48" (the released MSeg model), "hrnet_w32", "hrnet_w18", or "small" (golden)."""
+  if name in ("hrnet_w18", "hrnet_w32", "hrnet_w48"):
+    return _standard(int(name[len("hrnet_w"):]), num_classes)
+  if name == "small":
+    return HRNetConfig(
+        num_classes=num_classes,
+        stage1_blocks=2,
+        stage_modules=(1, 2, 2),
+        stage_blocks=((2, 2), (2, 2, 2), (2, 2, 2, 2)),
+        stage_widths=((18, 36), (18, 36, 72), (18, 36, 72, 144)),
+    )
+  raise ValueError(f"unknown HRNet preset {name!r}; use hrnet_w48, hrnet_w32, hrnet_w18 or small")
+
+
+class BatchNorm(nn.Module):
+  """BatchNorm over the last axis with PyTorch semantics.
+
+  Train: normalizes with the biased variance of the whole batch it sees (no axis_name; under
+  jit with a sharded batch XLA makes the statistics global) and updates the running variance
+  with the unbiased one, n/(n-1), as torch. `momentum` is Flax-style (torch 0.01 = 0.99).
+  Statistics are computed in fp32 whatever the compute dtype.
+  """
+
+  momentum: float = 0.99
+  epsilon: float = 1e-5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+    c = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+    running_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,), jnp.float32)
+    running_var = self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
+    if not train:
+      mul = scale * jax.lax.rsqrt(running_var.value + self.epsilon)
+      shift = bias - running_mean.value * mul
+      return x * mul.astype(self.dtype) + shift.astype(self.dtype)
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=(0, 1, 2))
+    var = jnp.mean(jnp.square(x32 - mean), axis=(0, 1, 2))
+    if not self.is_initializing():
+      n = x.size // c
+      m = self.momentum
+      running_mean.value = m * running_mean.value + (1 - m) * mean
+      running_var.value = m * running_var.value + (1 - m) * var * (n / max(n - 1, 1))
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+    return y.astype(self.dtype)
+
+
+def _torch_bias_init(fan_in: int):
+  bound = 1 / math.sqrt(fan_in)
+  return lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+class HRNet(nn.Module):
+  """HRNetV2-W* segmentation network; `__call__` returns fp32 logits (N, H, W, num_classes).
+
+  Input: normalized NHWC images of any size. The official code asserts (H-1) % 8 == 0 and
+  (W-1) % 8 == 0 (crops 473, 593, 713); this port accepts any size and computes exactly what
+  the official forward would (stride-2 convs give ceil(n/2), resizes target explicit sizes).
+  Params are fp32; `dtype` is the compute dtype (bf16 on accelerators).
+  Activations are sown into "intermediates" (stem_out, layer1_out, stage{s}_in_{b},
+  stage{s}_out_{b}, concat, logits_quarter) for `mutable=["intermediates"]`.
+  """
+
+  config: HRNetConfig
+  dtype: Any = jnp.float32
+  bn_folded: bool = False  # inference-only variant made by fold_batch_norm
+
+  def _conv(self, x, name: str, features: int, kernel: int = 3, stride: int = 1,
+            bias: bool = False):
+    fan_in = x.shape[-1] * kernel * kernel
+    return nn.Conv(
+        features, (kernel, kernel), strides=(stride, stride),
+        padding=[(kernel // 2, kernel // 2)] * 2, use_bias=bias, dtype=self.dtype,
+        param_dtype=jnp.float32, kernel_init=nn.initializers.normal(0.001),
+        bias_init=_torch_bias_init(fan_in), name=name)(x)
+
+  def _conv_bn(self, x, conv: str, bn: str, features: int, kernel: int, stride: int,
+               train: bool, bias: bool = False):
+    """Conv then BatchNorm; one conv with bias when the BN is folded into it."""
+    if self.bn_folded:
+      if train:
+        raise ValueError("HRNet with bn_folded=True is inference-only (use train=False)")
+      return self._conv(x, conv, features, kernel, stride, bias=True)
+    x = self._conv(x, conv, features, kernel, stride, bias)
+    return BatchNorm(dtype=self.dtype, name=bn)(x, train)
+
+  def _bottleneck(self, x, name: str, planes: int, train: bool):
+    width = planes * BOTTLENECK_EXPANSION
+    out = nn.relu(self._conv_bn(x, f"{name}.conv1", f"{name}.bn1", planes, 1, 1, train))
+    out = nn.relu(self._conv_bn(out, f"{name}.conv2", f"{name}.bn2", planes, 3, 1, train))
+    out = self._conv_bn(out, f"{name}.conv3", f"{name}.bn3", width, 1, 1, train)
+    if x.shape[-1] != width:
+      x = self._conv_bn(x, f"{name}.downsample.0", f"{name}.downsample.1", width, 1, 1, train)
+    return nn.relu(out + x)
+
+  def _basic_block(self, x, name: str, train: bool):
+    width = x.shape[-1]
+    out = nn.relu(self._conv_bn(x, f"{name}.conv1", f"{name}.bn1", width, 3, 1, train))
+    out = self._conv_bn(out, f"{name}.conv2", f"{name}.bn2", width, 3, 1, train)
+    return nn.relu(out + x)
+
+  def _sequential(self, x, name: str, features: int, kernel: int, stride: int, train: bool):
+    """Sequential(conv, BN) under `name.0`, `name.1`."""
+    return self._conv_bn(x, f"{name}.0", f"{name}.1", features, kernel, stride, train)
+
+  def _transition(self, xs, name: str, widths: tuple[int, ...], train: bool):
+    """Adapts existing branches to `widths` and adds the new one from the lowest resolution."""
+    out = []
+    for b, width in enumerate(widths):
+      if b < len(xs):
+        x = xs[b]
+        if x.shape[-1] != width:
+          x = nn.relu(self._sequential(x, f"{name}.{b}", width, 3, 1, train))
+      else:
+        x = nn.relu(self._sequential(xs[-1], f"{name}.{b}.0", width, 3, 2, train))
+      out.append(x)
+    return out
+
+  def _fuse_term(self, x, name: str, i: int, j: int, target, train: bool):
+    """F(i, j): branch j brought to branch i's resolution and width."""
+    if j > i:
+      x = self._sequential(x, name, target.shape[-1], 1, 1, train)
+      return resize_bilinear(x, target.shape[1:3], align_corners=False)
+    for k in range(i - j):
+      last = k == i - j - 1
+      x = self._sequential(x, f"{name}.{k}", target.shape[-1] if last else x.shape[-1], 3, 2,
+                           train)
+      if not last:
+        x = nn.relu(x)
+    return x
+
+  def _hr_module(self, xs, name: str, blocks: tuple[int, ...], train: bool):
+    """HighResolutionModule: BasicBlocks per branch, then the all-to-all SUM fuse."""
+    xs = list(xs)
+    for b, num in enumerate(blocks):
+      for k in range(num):
+        xs[b] = self._basic_block(xs[b], f"{name}.branches.{b}.{k}", train)
+    out = []
+    for i in range(len(xs)):
+      y = xs[0] if i == 0 else self._fuse_term(xs[0], f"{name}.fuse_layers.{i}.0", i, 0,
+                                                 xs[i], train)
+      for j in range(1, len(xs)):
+        y = y + (xs[j] if i == j else self._fuse_term(xs[j], f"{name}.fuse_layers.{i}.{j}", i,
+                                                       j, xs[i], train))
+      out.append(nn.relu(y))
+    return out
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool = False,
+               return_quarter: bool = False) -> jnp.ndarray:
+    cfg = self.config
+    h, w = x.shape[1:3]
+    x = x.astype(self.dtype)
+    x = nn.relu(self._conv_bn(x, "conv1", "bn1", STEM_WIDTH, 3, 2, train))
+    x = nn.relu(self._conv_bn(x, "conv2", "bn2", STEM_WIDTH, 3, 2, train))
+    self.sow("intermediates", "stem_out", x)
+    for b in range(cfg.stage1_blocks):
+      x = self._bottleneck(x, f"layer1.{b}", cfg.stage1_planes, train)
+    self.sow("intermediates", "layer1_out", x)
+    xs = [x]
+    for k, (modules, blocks, widths) in enumerate(
+        zip(cfg.stage_modules, cfg.stage_blocks, cfg.stage_widths, strict=True)):
+      stage = k + 2
+      xs = self._transition(xs, f"transition{stage - 1}", widths, train)
+      for b, xb in enumerate(xs):
+        self.sow("intermediates", f"stage{stage}_in_{b}", xb)
+      for m in range(modules):
+        xs = self._hr_module(xs, f"stage{stage}.{m}", blocks, train)
+      for b, xb in enumerate(xs):
+        self.sow("intermediates", f"stage{stage}_out_{b}", xb)
+
+    size = xs[0].shape[1:3]
+    x = jnp.concatenate(
+        [xs[0]] + [resize_bilinear(xb, size, align_corners=False) for xb in xs[1:]], axis=-1)
+    self.sow("intermediates", "concat", x)
+    x = nn.relu(self._conv_bn(x, "last_layer.0", "last_layer.1", cfg.head_width, 1, 1, train,
+                              bias=True))
+    x = self._conv(x, "last_layer.3", cfg.num_classes, 1, bias=True).astype(jnp.float32)
+    self.sow("intermediates", "logits_quarter", x)
+    if return_quarter:
+      return x
+    return resize_bilinear(x, (h, w), align_corners=True)
+
+
+def _conv_of(bn: str) -> str:
+  """The conv a BatchNorm follows: "x.1" <- "x.0", "x.bnK" <- "x.convK"."""
+  if bn.endswith(".1"):
+    return bn[:-1] + "0"
+  prefix, _, last = bn.rpartition(".")
+  return f"{prefix}.conv{last[2:]}" if prefix else f"conv{last[2:]}"
+
+
+def fold_batch_norm(model: HRNet, variables: dict[str, Any]) -> tuple[HRNet, dict[str, Any]]:
+  """An inference-only (model, variables) with every eval-mode BN folded into its conv.
+
+  kernel' = kernel * s and bias' = (bias - running_mean) * s + beta with
+  s = gamma / sqrt(running_var + eps), computed in float64; same logits up to rounding, and
+  faster on CPU (one conv + bias per layer).
+  """
+  params = jax.device_get(variables["params"])
+  batch_stats = jax.device_get(variables["batch_stats"])
+  folded = {name: leaves for name, leaves in params.items() if "kernel" in leaves}
+  for bn, stats in batch_stats.items():
+    conv = _conv_of(bn)
+    kernel = np.asarray(params[conv]["kernel"], np.float64)
+    bias = np.asarray(params[conv].get("bias", 0.0), np.float64)
+    s = np.asarray(params[bn]["scale"], np.float64) / np.sqrt(
+        np.asarray(stats["var"], np.float64) + BatchNorm.epsilon)
+    shift = (bias - np.asarray(stats["mean"], np.float64)) * s + params[bn]["bias"]
+    folded[conv] = {"kernel": (kernel * s).astype(np.float32), "bias": shift.astype(np.float32)}
+  return model.clone(bn_folded=True), {"params": folded}
+
+
+# XLA:CPU's experimental YNN fusions make HRNet ~15-20% slower on x86 (2-core AVX2 machine,
+# jaxlib 0.10.2); the logits are the same. Process-wide: XLA_FLAGS=<flag>= does the same.
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def compiler_options() -> dict[str, Any] | None:
+  """`jax.jit(..., compiler_options=...)` for an HRNet forward on the default backend."""
+  return dict(CPU_COMPILER_OPTIONS) if jax.default_backend() == "cpu" else None

@@ -1,0 +1,221 @@
+"""HRNet model: matches the official PyTorch forward (golden), BN semantics, resizing, presets."""
+
+import csv
+
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import shared_path
+
+from mseg_jax import models, torch_checkpoint
+
+SIZES = ("65x65", "73x105")
+# XLA's backend optimizations change no math but triple W48 compile time on 2 cores; the
+# converter check (tests/test_converter.py) and the benchmark run fully optimized.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def nhwc(a: np.ndarray) -> np.ndarray:
+  return a.transpose(0, 2, 3, 1)
+
+
+def relative_error(ours, ref) -> float:
+  return float(np.abs(np.asarray(ours) - ref).max() / np.abs(ref).max())
+
+
+def run_golden(model, variables, size: str):
+  """Logits and intermediates for the golden input at `size`, one compile."""
+  x = nhwc(np.load(shared_path("golden", f"input_{size}.npy")))
+  forward = jax.jit(lambda v, x: model.apply(v, x, train=False, mutable=["intermediates"]),
+                    compiler_options=FAST_COMPILE)
+  with jax.default_matmul_precision("highest"):  # no TF32 on GPU
+    logits, state = forward(variables, x)
+  return np.asarray(logits), {k: np.asarray(v[0]) for k, v in state["intermediates"].items()}
+
+
+def assert_matches_golden(prefix: str, logits, intermediates, size: str, rtol: float):
+  ref = nhwc(np.load(shared_path("golden", f"{prefix}_output_{size}.npy")))
+  assert logits.shape == ref.shape and logits.dtype == np.float32
+  assert relative_error(logits, ref) <= rtol
+  assert (logits.argmax(-1) == ref.argmax(-1)).mean() >= 0.999
+  golden = np.load(shared_path("golden", f"{prefix}_intermediates_{size}.npz"))
+  assert set(golden.files) <= set(intermediates)
+  for key in golden.files:
+    assert intermediates[key].shape == nhwc(golden[key]).shape, key
+    assert relative_error(intermediates[key], nhwc(golden[key])) <= rtol, key
+  quarter = nhwc(np.load(shared_path("golden", f"{prefix}_logits_quarter_{size}.npy")))
+  assert relative_error(intermediates["logits_quarter"], quarter) <= rtol
+
+
+# --- Small golden model, converted from the official .pth -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def small():
+  path = shared_path("golden", "hrnet_small_random.pth")
+  state_dict = models.checkpoint_state_dict(torch_checkpoint.load(path))
+  config = models.infer_config(state_dict)
+  return models.HRNet(config=config), models.state_dict_to_variables(state_dict, config)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_small_golden_outputs_and_intermediates(small, size):
+  model, variables = small
+  logits, intermediates = run_golden(model, variables, size)
+  assert_matches_golden("hrnet_small", logits, intermediates, size, rtol=1e-4)
+
+
+def test_return_quarter_gives_the_last_layer_logits(small):
+  model, variables = small
+  x = nhwc(np.load(shared_path("golden", "input_73x105.npy")))
+  quarter = jax.jit(lambda v, x: model.apply(v, x, train=False, return_quarter=True),
+                    compiler_options=FAST_COMPILE)(variables, x)
+  ref = nhwc(np.load(shared_path("golden", "hrnet_small_logits_quarter_73x105.npy")))
+  assert quarter.shape == ref.shape == (1, 19, 27, 194)
+  assert relative_error(quarter, ref) <= 1e-4
+
+
+def test_folded_batch_norm_gives_the_same_logits_and_refuses_training(small):
+  model, variables = small
+  folded_model, folded = models.fold_batch_norm(model, variables)
+  assert folded.keys() == {"params"}
+  assert all("kernel" in leaves and "bias" in leaves for leaves in folded["params"].values())
+  x = nhwc(np.load(shared_path("golden", "input_73x105.npy")))
+  logits = jax.jit(folded_model.apply, compiler_options=FAST_COMPILE)(folded, x)
+  ref = nhwc(np.load(shared_path("golden", "hrnet_small_output_73x105.npy")))
+  assert relative_error(logits, ref) <= 1e-4
+  with pytest.raises(ValueError, match="inference-only"):
+    folded_model.apply(folded, x, train=True)
+
+
+def test_bf16_compute_keeps_fp32_params_and_logits_at_any_size(small):
+  model, variables = small
+  x = jax.random.normal(jax.random.key(0), (2, 30, 44, 3))  # (H-1) % 8 != 0 is fine
+  bf16_model = models.HRNet(config=model.config, dtype=jnp.bfloat16)
+  fp32, bf16 = jax.jit(lambda v, x: (model.apply(v, x), bf16_model.apply(v, x)),
+                       compiler_options=FAST_COMPILE)(variables, x)
+  assert fp32.shape == bf16.shape == (2, 30, 44, 194)
+  assert bf16.dtype == jnp.float32
+  assert relative_error(bf16, np.asarray(fp32)) < 0.1
+  assert (np.asarray(bf16).argmax(-1) == np.asarray(fp32).argmax(-1)).mean() > 0.8
+
+
+# --- W48 golden: weights regenerated with numpy from the manifest --------------------------
+
+
+def regenerate_w48_state_dict() -> dict[str, np.ndarray]:
+  """The golden W48 state_dict: parameters from the README's RandomState(0) spec + BN stats."""
+  with open(shared_path("golden", "hrnet_w48_manifest.tsv")) as f:
+    rows = list(csv.DictReader(f, delimiter="\t"))
+  rs = np.random.RandomState(0)
+  state_dict = {}
+  for row in rows:
+    if row["kind"] != "parameter":
+      continue
+    shape = tuple(int(n) for n in row["shape"].split(","))
+    name = row["key"].rsplit(".", 1)[1]
+    if row["module_type"] == "Conv2d" and name == "weight":
+      o, i, kh, kw = shape
+      w = rs.standard_normal(shape) * np.sqrt(2 / (i * kh * kw))
+      w *= np.exp(rs.uniform(np.log(0.25), np.log(4.0), size=o))[:, None, None, None]
+    elif row["module_type"] == "Conv2d":
+      w = rs.uniform(-0.1, 0.1, shape)
+    elif name == "weight":
+      w = rs.uniform(0.5, 1.5, shape)
+    else:
+      w = rs.uniform(-0.25, 0.25, shape)
+    state_dict[row["key"]] = w.astype(np.float32)
+  stats = np.load(shared_path("golden", "hrnet_w48_bnstats.npz"))
+  state_dict.update({k: stats[k] for k in stats.files})
+  return state_dict
+
+
+@pytest.fixture(scope="module")
+def w48():
+  state_dict = regenerate_w48_state_dict()
+  with open(shared_path("golden", "hrnet_w48_param_checksums.tsv")) as f:
+    for row in csv.DictReader(f, delimiter="\t"):
+      w = state_dict[row["key"]].astype(np.float64)
+      assert w.flat[0] == float(row["first"]) and w.flat[-1] == float(row["last"]), row["key"]
+      np.testing.assert_allclose(np.abs(w).sum(), float(row["sum_abs"]), rtol=1e-9)
+  state_dict = models.checkpoint_state_dict(state_dict)  # drops num_batches_tracked
+  config = models.infer_config(state_dict)
+  assert config == models.preset("hrnet_w48")
+  return models.HRNet(config=config), models.state_dict_to_variables(state_dict, config)
+
+
+def test_w48_parameter_count_is_the_released_model(w48):
+  _, variables = w48
+  assert sum(x.size for x in jax.tree.leaves(variables["params"])) == 65_985_554
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_w48_golden_outputs_and_intermediates(w48, size):
+  model, variables = w48
+  logits, intermediates = run_golden(model, variables, size)
+  assert_matches_golden("hrnet_w48", logits, intermediates, size, rtol=2e-4)
+
+
+# --- Building blocks ------------------------------------------------------------------------
+
+
+def test_presets_and_config_json_round_trip():
+  w48 = models.preset("hrnet_w48")
+  assert w48.stage_widths[-1] == (48, 96, 192, 384) and w48.head_width == 720
+  assert w48.stage_modules == (1, 4, 3) and w48.stage1_blocks == 4
+  assert models.preset("hrnet_w18").stage_widths[-1] == (18, 36, 72, 144)
+  assert models.preset("hrnet_w32", num_classes=19).stage_widths[-1] == (32, 64, 128, 256)
+  assert models.preset("small").stage_modules == (1, 2, 2)
+  for name in ("hrnet_w48", "hrnet_w32", "hrnet_w18", "small"):
+    config = models.preset(name, num_classes=7)
+    assert models.HRNetConfig.from_dict(config.to_dict()) == config
+  with pytest.raises(ValueError, match="unknown HRNet preset"):
+    models.preset("hrnet_w64")
+  with pytest.raises(ValueError, match="stage 3 must have 3 branches"):
+    models.HRNetConfig(stage_widths=((48, 96), (48, 96), (48, 96, 192, 384)))
+
+
+def test_batchnorm_train_step_follows_pytorch():
+  x = jax.random.normal(jax.random.key(1), (2, 3, 3, 4)) * 3 + 1  # n = 18 per channel
+  bn = models.BatchNorm()
+  variables = bn.init(jax.random.key(0), x, train=False)
+  variables = {"params": {"scale": jnp.full(4, 2.0), "bias": jnp.full(4, 0.5)},
+               "batch_stats": {"mean": jnp.full(4, 0.3), "var": jnp.full(4, 1.7)}}
+  y, updates = bn.apply(variables, x, train=True, mutable=["batch_stats"])
+  xs = np.asarray(x, np.float64).reshape(-1, 4)
+  mean, biased = xs.mean(0), xs.var(0)
+  expected = (np.asarray(x) - mean) / np.sqrt(biased + 1e-5) * 2.0 + 0.5
+  np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+  stats = updates["batch_stats"]
+  np.testing.assert_allclose(stats["mean"], 0.99 * 0.3 + 0.01 * mean, rtol=1e-6)
+  np.testing.assert_allclose(stats["var"], 0.99 * 1.7 + 0.01 * biased * 18 / 17, rtol=1e-6)
+  y_eval = bn.apply(variables, x, train=False)
+  np.testing.assert_allclose(y_eval, (np.asarray(x) - 0.3) / np.sqrt(1.7 + 1e-5) * 2 + 0.5,
+                             rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("in_hw, out_hw", [((7, 9), (23, 31)), ((45, 60), (17, 22)),
+                                           ((10, 10), (5, 20)), ((6, 8), (6, 8))])
+def test_resize_half_pixel_matches_cv2_up_and_down(in_hw, out_hw):
+  image = np.random.RandomState(0).uniform(0, 255, (*in_hw, 3)).astype(np.float32)
+  ours = models.resize_bilinear(image[None], out_hw, align_corners=False)[0]
+  ref = cv2.resize(image, out_hw[::-1], interpolation=cv2.INTER_LINEAR)
+  np.testing.assert_allclose(ours, ref, atol=2e-3)
+
+
+@pytest.mark.parametrize("in_hw, out_hw", [((5, 7), (17, 25)), ((19, 27), (73, 105)),
+                                           ((9, 9), (3, 5)), ((4, 6), (1, 1))])
+def test_resize_align_corners_keeps_corners_and_linear_ramps(in_hw, out_hw):
+  (h, w), (oh, ow) = in_hw, out_hw
+  yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+  ramp = (3.0 * yy - 2.0 * xx + 1.0).astype(np.float32)[None, :, :, None]
+  ours = np.asarray(models.resize_bilinear(ramp, out_hw, align_corners=True))[0, :, :, 0]
+  oy, ox = np.meshgrid(np.arange(oh), np.arange(ow), indexing="ij")
+  sy = oy * (h - 1) / max(oh - 1, 1)
+  sx = ox * (w - 1) / max(ow - 1, 1)
+  np.testing.assert_allclose(ours, 3 * sy - 2 * sx + 1, atol=1e-4)
+  assert ours[0, 0] == ramp[0, 0, 0, 0]
+  if oh > 1 and ow > 1:
+    assert ours[-1, -1] == pytest.approx(ramp[0, -1, -1, 0], abs=1e-5)
