@@ -24,8 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mseg_jax import taxonomy
-from mseg_jax.models.resize import resize_bilinear
+from mseg_jax import models, taxonomy
 from mseg_jax.normalization import normalize
 
 SINGLE_SCALE = (1.0,)
@@ -106,7 +105,8 @@ def net_process(apply_fn: Callable, variables, images: jax.Array,
 @functools.lru_cache(maxsize=8)
 def compiled_net(model) -> Callable:
   """jit(net_process) of a model, shared by equal models so a new Predictor recompiles nothing."""
-  return jax.jit(functools.partial(net_process, model.apply))
+  return jax.jit(functools.partial(net_process, model.apply),
+                 compiler_options=models.compiler_options())
 
 
 @functools.partial(jax.jit, static_argnames=("layout", "batch"))
@@ -145,7 +145,7 @@ def _finish_scale(total: jax.Array, counts: jax.Array, layout: Layout,
   probs = probs[layout.pad_top:layout.pad_top + layout.height,
                 layout.pad_left:layout.pad_left + layout.width]
   if (layout.height, layout.width) != tuple(out_hw):
-    probs = resize_bilinear(probs[None], out_hw, align_corners=False)[0]
+    probs = models.resize_bilinear(probs[None], out_hw, align_corners=False)[0]
   return probs
 
 
@@ -187,6 +187,9 @@ class Predictor:
                dtype=jnp.float32):
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(model, models.HRNet) and not model.bn_folded:
+      # Inference only: each BN folded into its conv gives the same logits, faster.
+      model, variables = models.fold_batch_norm(model, variables)
     if jnp.dtype(dtype) != jnp.dtype(model.dtype):
       model = model.clone(dtype=dtype)
     self.model, self.variables = model, variables
