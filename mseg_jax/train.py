@@ -1,0 +1,529 @@
+"""Training: config -> mesh -> state -> loop, around one pure, jitted train step.
+
+`python -m mseg_jax.train --config=configs/mseg_3m.py:1080p --workdir=DIR [--config.key=value]`
+
+The step follows the official multi-GPU recipe (mseg-semantic `train.py`, branch `training`):
+cross entropy (ignore 255) averaged over each dataset's valid pixels, then over the datasets;
+BatchNorm over the global batch (under `jax.jit` with the batch sharded on the mesh axis
+"data", XLA reduces BN statistics over all devices: synchronized BN); SGD with momentum and
+weight decay on every parameter; poly learning rate applied per step.
+"""
+
+import functools
+import json
+import signal
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import tqdm
+from absl import app, flags, logging
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from ml_collections import config_flags
+from tensorboardX import SummaryWriter
+
+from mseg_jax import evaluate as evaluate_lib
+from mseg_jax import metrics as metrics_lib
+from mseg_jax import models, taxonomy
+from mseg_jax.input_pipeline import batching, synthetic
+from mseg_jax.normalization import normalize
+
+State = dict[str, Any]  # {"step", "params", "batch_stats", "opt_state"}
+Batch = dict[str, jax.Array]  # {"image": uint8 NHWC, "label": uint8 NHW, "dataset": int32 N}
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+# ---------------------------------------------------------------------------------------------
+# Config resolution.
+
+
+def train_datasets(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The dataset names to train on: `data.datasets`, with "-relabeled" when `data.relabeled`."""
+  names = tuple(config.data.datasets)
+  if not config.data.relabeled:
+    return names
+  relabeled = tuple(n if n.endswith("-relabeled") else f"{n}-relabeled" for n in names)
+  missing = [n for n in relabeled if n not in taxonomy.RELABELED_TRAIN_DATASETS]
+  if missing:
+    raise ValueError(f"config.data.relabeled: no relabeled version of {missing}; "
+                     f"known: {taxonomy.RELABELED_TRAIN_DATASETS}")
+  return relabeled
+
+
+def dataset_shares(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """Crops per dataset in one global batch: `batch_size` split evenly over the datasets."""
+  n = len(config.data.datasets)
+  if config.batch_size % n:
+    raise ValueError(f"config.batch_size={config.batch_size} does not split evenly over "
+                     f"{n} datasets {tuple(config.data.datasets)}")
+  return (config.batch_size // n,) * n
+
+
+def total_steps(config: ml_collections.ConfigDict) -> int:
+  """`config.total_steps`, or num_examples crops per dataset (official `max_iters`)."""
+  if config.total_steps is not None:
+    return config.total_steps
+  return config.num_examples // max(dataset_shares(config))
+
+
+def label_luts(config: ml_collections.ConfigDict, datasets: tuple[str, ...]) -> np.ndarray:
+  """(n, 256) uint8 lookup tables to the training taxonomy: universal, or the identity."""
+  if config.data.universal:
+    return taxonomy.stacked_luts(datasets)
+  if len(datasets) != 1:
+    raise ValueError(f"config.data.universal=False trains in one dataset's own taxonomy, "
+                     f"got {len(datasets)} datasets {datasets}")
+  return np.arange(256, dtype=np.uint8)[None]
+
+
+def num_classes(config: ml_collections.ConfigDict, datasets: tuple[str, ...]) -> int:
+  if config.data.universal:
+    return taxonomy.NUM_UNIVERSAL
+  return len(taxonomy.class_names(datasets[0]))
+
+
+def model_config(config: ml_collections.ConfigDict, classes: int) -> models.HRNetConfig:
+  """`model.preset` with `model.arch` fields replaced."""
+  base = models.preset(config.model.preset, num_classes=classes).to_dict()
+  base.update(config.model.arch.to_dict())
+  base["num_classes"] = classes
+  return models.HRNetConfig.from_dict(base)
+
+
+def resolved_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config as run: every field, plus the values derived from them."""
+  datasets = train_datasets(config)
+  return {
+      **config.to_dict(),
+      "derived": {
+          "train_datasets": list(datasets),
+          "shares": list(dataset_shares(config)),
+          "total_steps": total_steps(config),
+          "model": model_config(config, num_classes(config, datasets)).to_dict(),
+      },
+  }
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedule, optimizer, loss, step.
+
+
+def poly_schedule(base_lr: float, max_iter: int, power: float) -> optax.Schedule:
+  """lr after `count` updates: base_lr * (1 - count / max_iter) ** power.
+
+  Step k (1-based) uses count = k - 1, as the official loop sets the lr after each step.
+  """
+
+  def schedule(count):
+    remaining = (max_iter - jnp.asarray(count, jnp.int32)).astype(jnp.float32)  # exact
+    return base_lr * (remaining / max_iter) ** power
+
+  return schedule
+
+
+def create_optimizer(optim: ml_collections.ConfigDict,
+                     max_iter: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """torch SGD: weight decay added to the gradient before momentum, on all parameters."""
+  schedule = poly_schedule(optim.base_lr, max_iter, optim.power)
+  tx = optax.chain(optax.add_decayed_weights(optim.weight_decay),
+                   optax.sgd(schedule, momentum=optim.momentum))
+  return tx, schedule
+
+
+def multi_dataset_loss(logits: jax.Array, labels: jax.Array, dataset: jax.Array,
+                       num_datasets: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Cross entropy (ignore 255) per dataset, averaged over the datasets with valid pixels.
+
+  Each dataset's loss is the mean over the valid pixels of its crops (the loss of one official
+  GPU); the total is their plain mean (DDP's gradient average), so each dataset weighs the
+  same. A dataset without valid pixels in the batch gets weight 0 instead of NaN.
+
+  Args:
+    logits: (N, H, W, C) float logits.
+    labels: (N, H, W) integer labels in [0, C) or 255.
+    dataset: (N,) int index of each crop's dataset.
+    num_datasets: number of datasets (static).
+
+  Returns:
+    (loss, per-dataset loss (num_datasets,), per-dataset valid pixel count (num_datasets,)).
+  """
+  logits = logits.astype(jnp.float32)
+  valid = labels != taxonomy.IGNORE
+  target = jnp.where(valid, labels, 0).astype(jnp.int32)
+  picked = jnp.take_along_axis(logits, target[..., None], axis=-1)[..., 0]
+  pixel_loss = jnp.where(valid, jax.nn.logsumexp(logits, axis=-1) - picked, 0.0)
+  sums = jax.ops.segment_sum(pixel_loss.sum(axis=(1, 2)), dataset, num_datasets)
+  counts = jax.ops.segment_sum(valid.sum(axis=(1, 2), dtype=jnp.float32), dataset,
+                               num_datasets)
+  present = counts > 0
+  per_dataset = jnp.where(present, sums / jnp.maximum(counts, 1.0), 0.0)
+  loss = per_dataset.sum() / jnp.maximum(present.sum(), 1)
+  return loss, per_dataset, counts
+
+
+def forward_loss(params, batch_stats, batch: Batch, *, model: models.HRNet, luts: np.ndarray):
+  """Train-mode forward and loss. Returns (loss, (new batch_stats, per-dataset loss))."""
+  images = normalize(batch["image"], model.dtype)
+  labels = taxonomy.remap_labels(batch["label"], luts, batch["dataset"])
+  logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, images,
+                                train=True, mutable=["batch_stats"])
+  loss, per_dataset, _ = multi_dataset_loss(logits, labels, batch["dataset"], luts.shape[0])
+  return loss, (updates["batch_stats"], per_dataset)
+
+
+def apply_gradients(state: State, grads, batch_stats, *,
+                    tx: optax.GradientTransformation) -> State:
+  """The SGD update of `state` with `grads`; `batch_stats` from the forward that made them."""
+  updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+  return {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
+          "batch_stats": batch_stats, "opt_state": opt_state}
+
+
+def train_step(state: State, batch: Batch, *, model: models.HRNet, luts: np.ndarray,
+               tx: optax.GradientTransformation,
+               schedule: optax.Schedule) -> tuple[State, dict[str, jax.Array]]:
+  """One SGD step on a global batch. Pure; jit it with the state donated."""
+  grad_fn = jax.value_and_grad(functools.partial(forward_loss, model=model, luts=luts),
+                               has_aux=True)
+  (loss, (batch_stats, per_dataset)), grads = grad_fn(state["params"], state["batch_stats"],
+                                                      batch)
+  metrics = {"loss": loss, "dataset_loss": per_dataset, "lr": schedule(state["step"]),
+             "grad_norm": optax.tree.norm(grads)}
+  return apply_gradients(state, grads, batch_stats, tx=tx), metrics
+
+
+def init_state(model: models.HRNet, tx: optax.GradientTransformation, rng: jax.Array,
+               variables: Mapping[str, Any] | None = None) -> State:
+  """A fresh state: `variables` (numpy/jax) if given, else `model.init`."""
+  if variables is None:
+    variables = model.init(rng, jnp.zeros((1, 33, 33, 3), jnp.float32), train=False)
+  params, batch_stats = variables["params"], variables["batch_stats"]
+  return {"step": jnp.zeros((), jnp.int32), "params": params, "batch_stats": batch_stats,
+          "opt_state": tx.init(params)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Initialization from converted checkpoints.
+
+
+def merge_pretrained(variables: dict, pretrained: dict, *, strict: bool,
+                     source: str) -> tuple[dict, list[str]]:
+  """Takes every array of `pretrained` whose path and shape match `variables`.
+
+  strict: every array of `variables` must come from `pretrained` (fine-tuning); otherwise the
+  unmatched ones keep their initial value (ImageNet backbone: the head stays random).
+  Returns (merged variables, paths kept from the initialization).
+  """
+  flat_pre = {jax.tree_util.keystr(k): v
+              for k, v in jax.tree_util.tree_flatten_with_path(pretrained)[0]}
+  kept = []
+
+  def pick(path, init):
+    key = jax.tree_util.keystr(path)
+    value = flat_pre.get(key)
+    if value is not None and np.shape(value) == np.shape(init):
+      return np.asarray(value, np.asarray(init).dtype)
+    if strict:
+      found = "missing" if value is None else f"shape {np.shape(value)}"
+      raise ValueError(f"{source}: {key} is {found}, the model needs shape {np.shape(init)}")
+    kept.append(key)
+    return init
+
+  return jax.tree_util.tree_map_with_path(pick, variables), kept
+
+
+def initial_variables(config: ml_collections.ConfigDict, model: models.HRNet,
+                      rng: jax.Array) -> dict:
+  """Random init, merged with `config.init.checkpoint` (kind "imagenet" or "finetune")."""
+  variables = jax.device_get(
+      jax.jit(functools.partial(model.init, train=False))(
+          rng, jnp.zeros((1, 33, 33, 3), jnp.float32)))
+  if config.init.kind == "none":
+    return variables
+  if config.init.kind not in ("imagenet", "finetune"):
+    raise ValueError(f"config.init.kind={config.init.kind!r}: use none, imagenet or finetune")
+  if not config.init.checkpoint:
+    raise ValueError(f"config.init.kind={config.init.kind!r} needs config.init.checkpoint: a "
+                     "model directory from tools/convert_torch_weights.py (--backbone-only for "
+                     "ImageNet HRNet weights), or set --config.init.kind=none")
+  _, pretrained = models.load_checkpoint(config.init.checkpoint)
+  merged, kept = merge_pretrained(variables, pretrained, strict=config.init.kind == "finetune",
+                                  source=config.init.checkpoint)
+  note(f"Initialized from {config.init.checkpoint}; {len(kept)} arrays keep their random "
+       f"init: {kept}")
+  return merged
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop.
+
+
+def note(message: str) -> None:
+  """A line for the user (primary process), printed above the progress bar."""
+  if jax.process_index() == 0:
+    tqdm.tqdm.write(message)
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  return jax.make_mesh((jax.device_count(),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def global_batch(host_batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> Batch:
+  """This process's rows -> global arrays sharded on "data"."""
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in host_batch.items()}
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks after each step (single process).
+
+  With several processes the coordination service of `jax.distributed` catches SIGTERM and
+  `CheckpointManager.reached_preemption` agrees on the step on every host.
+  """
+
+  def __init__(self, manager: ocp.CheckpointManager):
+    self._manager = manager
+    self._flag = threading.Event()
+    self._previous = None
+
+  def __enter__(self):
+    if jax.process_count() == 1:
+      self._previous = signal.signal(signal.SIGTERM, lambda *_: self._flag.set())
+    return self
+
+  def __exit__(self, *exc):
+    if jax.process_count() == 1:
+      signal.signal(signal.SIGTERM, self._previous)
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() == 1:
+      return self._flag.is_set()
+    return self._manager.reached_preemption(step)
+
+
+class _MetricsLog:
+  """Per-step device metrics, fetched (one host sync) at log and checkpoint steps.
+
+  Raises FloatingPointError naming the first step whose loss or gradient is not finite, so
+  that no NaN state is ever checkpointed.
+  """
+
+  def __init__(self, workdir: Path, global_batch_size: int):
+    self._pending: list[tuple[int, dict]] = []
+    self._batch = global_batch_size
+    self._last_time = time.perf_counter()
+    self._last_step: int | None = None
+    self._primary = jax.process_index() == 0
+    if self._primary:
+      self._writer = SummaryWriter(str(workdir / "tensorboard"))
+      self._jsonl = open(workdir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close())
+
+  def add(self, step: int, metrics: dict) -> None:
+    self._pending.append((step, metrics))
+
+  def flush(self) -> dict | None:
+    """Checks and writes the pending steps; returns the last step's summary."""
+    if not self._pending:
+      return None
+    fetched = jax.device_get([m for _, m in self._pending])
+    steps = [s for s, _ in self._pending]
+    for step, m in zip(steps, fetched, strict=True):
+      if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
+        raise FloatingPointError(f"step {step}: loss {m['loss']}, gradient norm "
+                                 f"{m['grad_norm']}; stopping without saving this state")
+    now = time.perf_counter()
+    first = steps[0] - 1 if self._last_step is None else self._last_step
+    summary = {
+        "step": steps[-1],
+        "loss": float(np.mean([m["loss"] for m in fetched])),
+        "lr": float(fetched[-1]["lr"]),
+        "grad_norm": float(fetched[-1]["grad_norm"]),
+        "dataset_loss": [float(x) for x in np.mean([m["dataset_loss"] for m in fetched], 0)],
+        "images_per_s": (steps[-1] - first) * self._batch / (now - self._last_time),
+    }
+    self._last_time, self._last_step = now, steps[-1]
+    self._pending = []
+    if self._primary:
+      self._jsonl.write(json.dumps(summary) + "\n")
+      self._jsonl.flush()
+      for key in ("loss", "lr", "grad_norm", "images_per_s"):
+        self._writer.add_scalar(f"train/{key}", summary[key], summary["step"])
+      for i, x in enumerate(summary["dataset_loss"]):
+        self._writer.add_scalar(f"train/loss_dataset_{i}", x, summary["step"])
+    return summary
+
+  def reset_clock(self) -> None:
+    self._last_time, self._last_step = time.perf_counter(), None
+
+  def close(self) -> None:
+    if self._primary:
+      self._writer.close()
+      self._jsonl.close()
+
+
+def train(config: ml_collections.ConfigDict,
+          workdir: str | Path) -> tuple[models.HRNet, dict] | None:
+  """Trains (or resumes) in `workdir`; returns (fp32 model, variables), None if preempted.
+
+  Writes workdir/{config.json, metrics.jsonl, tensorboard/, checkpoints/, model/}.
+  """
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  resolved = resolved_config(config)
+  if jax.process_index() == 0:
+    (workdir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+  datasets = tuple(resolved["derived"]["train_datasets"])
+  shares = tuple(resolved["derived"]["shares"])
+  steps = resolved["derived"]["total_steps"]
+  model_cfg = models.HRNetConfig.from_dict(resolved["derived"]["model"])
+  model = models.HRNet(config=model_cfg, dtype=DTYPES[config.dtype])
+  luts = label_luts(config, datasets)
+  tx, schedule = create_optimizer(config.optim, steps)
+
+  mesh = make_mesh()
+  jax.set_mesh(mesh)
+  if config.batch_size % jax.device_count():
+    raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the "
+                     f"{jax.device_count()} devices")
+  replicated, data_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+
+  dataset = batching.train_dataset(
+      datasets, shares, data_root=config.data.data_root, roots=config.data.roots.to_dict() or None,
+      crop_size=config.data.crop_size, short_size=config.data.short_size, seed=config.seed,
+      num_workers=config.data.num_workers, process_index=jax.process_index(),
+      process_count=jax.process_count(), lists_dir=config.data.lists_dir)
+  data_iter = iter(dataset)
+
+  rng = jax.random.key(config.seed)
+  options = ocp.CheckpointManagerOptions(max_to_keep=config.checkpoint.keep, create=True,
+                                         enable_async_checkpointing=True)
+  manager = ocp.CheckpointManager((workdir / "checkpoints").absolute(), options=options)
+  latest = manager.latest_step()
+  if latest is None:
+    state = jax.jit(functools.partial(init_state, model, tx), out_shardings=replicated)(
+        rng, initial_variables(config, model, rng))
+  else:
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                            jax.eval_shape(functools.partial(init_state, model, tx), rng))
+    restored = manager.restore(latest, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract),
+        data_iter=grain.checkpoint.CheckpointRestore(data_iter)))
+    state = restored["state"]
+    note(f"Resumed from {manager.directory} at step {latest}")
+
+  step_fn = jax.jit(functools.partial(train_step, model=model, luts=luts, tx=tx,
+                                      schedule=schedule),
+                    donate_argnums=0, out_shardings=replicated)
+  log = _MetricsLog(workdir, config.batch_size)
+
+  def save(step: int) -> None:
+    log.flush()  # raises before a non-finite state can be saved
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data_iter=grain.checkpoint.CheckpointSave(data_iter)))
+
+  start = int(state["step"])
+  preempted = False
+  bar = tqdm.tqdm(total=steps, initial=start, desc="train", unit="step",
+                  disable=jax.process_index() != 0, dynamic_ncols=True)
+  try:
+    with _Preemption(manager) as preemption:
+      for step in range(start + 1, steps + 1):
+        state, metrics = step_fn(state, global_batch(next(data_iter), data_sharding))
+        log.add(step, metrics)
+        bar.update()
+        if step == start + 1:
+          log.flush()  # excludes compilation from the throughput
+          log.reset_clock()
+        elif step % config.log_every == 0:
+          summary = log.flush()
+          bar.set_postfix(loss=f"{summary['loss']:.4f}", lr=f"{summary['lr']:.2e}",
+                          img_s=f"{summary['images_per_s']:.1f}")
+        if preemption.reached(step):
+          note(f"SIGTERM at step {step}: saving a checkpoint; run the same command to resume")
+          save(step)
+          preempted = True
+          break
+        if step % config.checkpoint.every_steps == 0 or step == steps:
+          save(step)
+      log.flush()
+      manager.wait_until_finished()
+  finally:
+    bar.close()
+    log.close()
+    manager.close()
+    data_iter.close()
+  if preempted:
+    return None
+  variables = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
+  models.save_checkpoint(workdir / "model", model_cfg, variables)
+  return models.HRNet(config=model_cfg), variables
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, model: models.HRNet,
+             variables: dict) -> list[dict]:
+  """Evaluates on `config.eval.datasets` (results in workdir/eval/<dataset>/); prints a table."""
+  out = Path(workdir) / "eval"
+  results = []
+  for name in config.eval.datasets:
+    results.append(evaluate_lib.evaluate_dataset(
+        model, variables, name, config.data.data_root, roots=config.data.roots.to_dict() or None,
+        base_size=config.eval.base_size, scales=tuple(config.eval.scales), crop=config.eval.crop,
+        regime=config.eval.regime, batch_size=config.eval.batch_size, limit=config.eval.limit,
+        save_dir=out / name, model_name=Path(workdir).name))
+  if results and jax.process_index() == 0:
+    print(metrics_lib.markdown_table(results))
+  return results
+
+
+def ensure_data(config: ml_collections.ConfigDict) -> None:
+  """Writes the synthetic composite at data.data_root if `data.synthetic` and it is missing."""
+  if not config.data.data_root:
+    raise ValueError("config.data.data_root is not set (--config.data.data_root=DIR)")
+  root = Path(config.data.data_root)
+  if config.data.synthetic and not root.exists():
+    note(f"Writing the synthetic composite to {root}")
+    synthetic.write_synthetic(root, seed=config.seed)
+
+
+def initialize_distributed(config: ml_collections.ConfigDict) -> None:
+  """`jax.distributed.initialize` for multi-host runs; unset fields are auto-detected."""
+  if config.distributed.enabled:
+    jax.distributed.initialize(coordinator_address=config.distributed.coordinator_address,
+                               num_processes=config.distributed.num_processes,
+                               process_id=config.distributed.process_id)
+
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the model.")
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  config = _CONFIG.value
+  initialize_distributed(config)
+  ensure_data(config)
+  result = train(config, _WORKDIR.value)
+  if result is None:
+    sys.exit(128 + signal.SIGTERM)
+  evaluate(config, _WORKDIR.value, *result)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)

@@ -1,0 +1,70 @@
+"""The config files reproduce the official recipes (mseg_reference.md 2.2, mseg-semantic yamls)."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mseg_jax import taxonomy, train
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+# DATA.dataset of config/train/1080_release/mseg-unrelabeled.yaml and mseg-relabeled-3m.yaml
+UNRELABELED = ("ade20k-150", "bdd", "cityscapes-19", "coco-panoptic-133", "idd-39",
+               "mapillary-public65", "sunrgbd-37")
+RELABELED = ("ade20k-150-relabeled", "bdd-relabeled", "cityscapes-19-relabeled",
+             "coco-panoptic-133-relabeled", "idd-39-relabeled", "mapillary-public65-relabeled",
+             "sunrgbd-37-relabeled")
+
+
+def _config(name: str, arg: str | None = None):
+  spec = importlib.util.spec_from_file_location(name, CONFIGS / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config() if arg is None else module.get_config(arg)
+
+
+@pytest.mark.parametrize("name,arg,crop,short,batch,steps,relabeled", [
+    ("mseg_3m", "1080p", 713, 1080, 35, 600_000, True),
+    ("mseg_3m", "720p", 593, 720, 49, 428_571, True),
+    ("mseg_3m", "480p", 473, 480, 84, 250_000, True),
+    ("mseg_1m", None, 713, 1080, 14, 500_000, True),
+    ("mseg_1m", "unrelabeled", 713, 1080, 35, 200_000, False),
+])
+def test_mseg_recipes(name, arg, crop, short, batch, steps, relabeled):
+  config = _config(name, arg)
+  assert (config.data.crop_size, config.data.short_size, config.batch_size) == (crop, short, batch)
+  assert train.total_steps(config) == steps
+  assert train.train_datasets(config) == (RELABELED if relabeled else UNRELABELED)
+  assert train.dataset_shares(config) == (batch // 7,) * 7
+  assert dict(config.optim) == dict(base_lr=0.01, momentum=0.9, weight_decay=1e-4, power=0.9)
+  assert train.label_luts(config, train.train_datasets(config)).shape == (7, 256)
+
+
+def test_single_dataset_universal_and_oracle():
+  universal = _config("single_dataset", "cityscapes-19")
+  assert train.total_steps(universal) == 31_250 and universal.batch_size == 32
+  assert train.num_classes(universal, ("cityscapes-19",)) == taxonomy.NUM_UNIVERSAL
+  oracle = _config("single_dataset", "cityscapes-19,oracle")
+  assert train.num_classes(oracle, ("cityscapes-19",)) == 19
+  assert (train.label_luts(oracle, ("cityscapes-19",))[0] == range(256)).all()
+
+
+def test_uneven_batch_split_is_an_error():
+  config = _config("mseg_3m", "1080p")
+  config.batch_size = 36
+  with pytest.raises(ValueError, match="does not split evenly over 7 datasets"):
+    train.dataset_shares(config)
+
+
+def test_pretrained_backbone_keeps_a_mismatched_head_and_finetuning_refuses_it():
+  init = {"params": {"conv1": {"kernel": np.zeros((3, 3, 3, 4), np.float32)},
+                     "last_layer.3": {"kernel": np.zeros((1, 1, 4, 19), np.float32)}}}
+  pretrained = {"params": {"conv1": {"kernel": np.ones((3, 3, 3, 4), np.float32)},
+                           "last_layer.3": {"kernel": np.ones((1, 1, 4, 194), np.float32)}}}
+  merged, kept = train.merge_pretrained(init, pretrained, strict=False, source="imagenet")
+  assert (merged["params"]["conv1"]["kernel"] == 1).all()
+  assert (merged["params"]["last_layer.3"]["kernel"] == 0).all()
+  assert kept == ["['params']['last_layer.3']['kernel']"]
+  with pytest.raises(ValueError, match=r"ckpt: .*last_layer.3.*shape \(1, 1, 4, 194\)"):
+    train.merge_pretrained(init, pretrained, strict=True, source="ckpt")
