@@ -1,18 +1,25 @@
 """Evaluates a model on dataset val splits with the official MSeg test-time procedure.
 
   python -m mseg_jax.evaluate --checkpoint DIR --dataset camvid-11,kitti-19 --data-root ROOT \
-      [--base-size 360 720 1080] [--scales ss|ms] [--regime zero_shot|oracle|training]
+      [--base-size 360 720 1080] [--scales ss|ms] [--regime zero_shot|oracle|training] \
+      [--relabeled] [--lists-dir mseg-api/mseg/dataset_lists]
 
 Regimes (mseg_semantic/tool/test_*_tax.py): `zero_shot` — a universal model on a test dataset,
 probabilities summed into the test taxonomy; `oracle` — a model trained on the dataset's own
 taxonomy; `training` — a universal model on a training dataset, the ground truth mapped to
 universal ids and the universal classes the dataset cannot contain left out of the mean.
+`--relabeled` (training regime, for a model trained on relabeled data; --dataset names the
+unrelabeled dataset) also reads the labels of the same lines of `<dataset>-relabeled`'s list and
+scores with the official reward/penalty rule (`metrics.relabeled_reward_penalty`).
+List files are `<dataset root>/list/val.txt`, or `<lists dir>/<dataset>/list/val.txt` with
+--lists-dir (mseg-api's per-taxonomy lists read in place).
 
-Per dataset and base size, OUT/<dataset>/<base size>/<ss|ms>/ gets results.json, classes.md,
-confusion.npy and, with --save-predictions, gray/<stem>.png (and overlay/ with
---save-overlays); an interrupted run resumes from partial.npz there. OUT/results.{json,md} hold
-every result found under OUT: the paper-layout table (best of base sizes, harmonic mean), one
-row per evaluation, and per-class IoU tables.
+Per dataset and base size, OUT/<dataset>/<base size>/<ss|ms>/ (<ss|ms>_relabeled with
+--relabeled) gets results.json, classes.md, confusion.npy (rows: ground truth, columns:
+prediction, last column: no class) and, with --save-predictions, gray/<stem>.png (the raw
+prediction; overlay/ with --save-overlays); an interrupted run resumes from partial.npz there.
+OUT/results.{json,md} hold every result found under OUT: the paper-layout table (best of base
+sizes, harmonic mean), one row per evaluation, and per-class IoU tables.
 """
 
 import argparse
@@ -75,6 +82,29 @@ def regime_setup(regime: str, dataset: str, num_model_classes: int) -> dict:
   raise ValueError(f"unknown regime {regime!r}; choose from {', '.join(REGIMES)}")
 
 
+def relabeled_name(dataset: str) -> str:
+  """`<dataset>-relabeled`, checked to be a relabeled training taxonomy."""
+  name = f"{dataset}-relabeled"
+  if name not in taxonomy.RELABELED_TRAIN_DATASETS:
+    raise ValueError(f"relabeled evaluation takes the unrelabeled name of a training dataset "
+                     f"with a relabeled version ({', '.join(taxonomy.RELABELED_TRAIN_DATASETS)} "
+                     f"without '-relabeled'), not {dataset!r}")
+  return name
+
+
+def read_records(data_root, dataset: str, roots=None,
+                 lists_dir=None) -> tuple[Path, list[tuple[Path, Path]]]:
+  """The val list file of `dataset` and its (image, label) paths."""
+  list_file = catalog.list_path(data_root, dataset, "val", roots, lists_dir)
+  records = sources.read_list(list_file, catalog.dataset_root(data_root, dataset, roots))
+  if not records:
+    raise ValueError(f"{list_file}: no images to evaluate")
+  for image_path, label_path in records:
+    if label_path is None:
+      raise ValueError(f"{list_file}: {image_path} has no label path; evaluation needs labels")
+  return list_file, records
+
+
 def prediction_stem(image_path: Path, dataset: str) -> str:
   """The official file stem of a prediction (ScanNet: the last 3 folders joined with '_')."""
   if dataset.startswith("scannet"):
@@ -116,8 +146,13 @@ def evaluate_dataset(model, variables, dataset: str, data_root, *, roots=None,
                      regime: str = "zero_shot", batch_size: int = 8, save_dir=None,
                      dtype=jnp.float32, limit: int | None = None,
                      save_predictions: bool = False, save_overlays: bool = False,
-                     model_name: str = "") -> dict:
+                     model_name: str = "", lists_dir=None, relabeled: bool = False) -> dict:
   """mIoU etc. of `model` on `dataset`'s list/val.txt (JSON-able dict).
+
+  `lists_dir` reads the list from `<lists_dir>/<dataset>/list/val.txt` (catalog.list_path).
+  `relabeled` (training regime; `dataset` is the unrelabeled name) scores a model trained on
+  relabeled data: line i of `<dataset>-relabeled`'s val list gives image i's relabeled label,
+  and `metrics.relabeled_reward_penalty` rewrites the prediction before it is counted.
 
   With `save_dir`, results.json, classes.md and confusion.npy are written there, a partial
   confusion matrix is saved periodically and a rerun resumes from it (a finished evaluation
@@ -129,17 +164,29 @@ def evaluate_dataset(model, variables, dataset: str, data_root, *, roots=None,
   setup = regime_setup(regime, dataset, model.config.num_classes)
   names = setup["class_names"]
   own_classes = len(taxonomy.class_names(dataset))
-  list_file = catalog.list_path(data_root, dataset, "val", roots)
-  records = sources.read_list(list_file, catalog.dataset_root(data_root, dataset, roots))
+  list_file, records = read_records(data_root, dataset, roots, lists_dir)
+  relabeled_labels = [None] * len(records)
+  if relabeled:
+    if regime != "training":
+      raise ValueError(f"relabeled evaluation is part of the training regime, not {regime!r}")
+    relabeled_dataset = relabeled_name(dataset)
+    relabeled_classes = len(taxonomy.class_names(relabeled_dataset))
+    relabeled_lut = jnp.asarray(taxonomy.to_universal_lut(relabeled_dataset))
+    relabeled_file, relabeled_records = read_records(data_root, relabeled_dataset, roots,
+                                                     lists_dir)
+    if len(relabeled_records) != len(records):
+      raise ValueError(f"{relabeled_file} has {len(relabeled_records)} lines, {list_file} "
+                       f"{len(records)}; line i of both must be the same image")
+    for (image_path, _), (relabeled_image, _) in zip(records, relabeled_records, strict=True):
+      if image_path.name != relabeled_image.name:
+        raise ValueError(f"{relabeled_file}: {relabeled_image.name} is not {image_path.name}, "
+                         f"the image of the same line of {list_file}")
+    relabeled_labels = [label_path for _, label_path in relabeled_records]
   if limit is not None:
-    records = records[:limit]
-  if not records:
-    raise ValueError(f"{list_file}: no images to evaluate")
-  for image_path, label_path in records:
-    if label_path is None:
-      raise ValueError(f"{list_file}: {image_path} has no label path; evaluation needs labels")
-  settings = {"dataset": dataset, "regime": regime, "base_size": int(base_size),
-              "scales": [float(s) for s in scales], "crop": int(crop), "split": "val",
+    records, relabeled_labels = records[:limit], relabeled_labels[:limit]
+  settings = {"dataset": dataset, "regime": regime, "relabeled": bool(relabeled),
+              "base_size": int(base_size), "scales": [float(s) for s in scales],
+              "crop": int(crop), "split": "val",
               "num_images": len(records), "model": model_name,
               "model_fingerprint": _fingerprint(variables), "dtype": jnp.dtype(dtype).name}
 
@@ -168,10 +215,14 @@ def evaluate_dataset(model, variables, dataset: str, data_root, *, roots=None,
   lut = None if setup["lut"] is None else jnp.asarray(setup["lut"])
 
   def load(record):
-    image_path, label_path = record
+    (image_path, label_path), relabeled_path = record
     image, label = sources.load_image(image_path), sources.load_label(label_path)
     sources.check_pair(image, label, label_path, own_classes)
-    return image_path, image, label
+    label_relabeled = None
+    if relabeled_path is not None:
+      label_relabeled = sources.load_label(relabeled_path)
+      sources.check_pair(image, label_relabeled, relabeled_path, relabeled_classes)
+    return image_path, image, label, label_relabeled
 
   def save_partial(count: int) -> None:
     tmp = save_dir / "partial.tmp.npz"
@@ -182,12 +233,17 @@ def evaluate_dataset(model, variables, dataset: str, data_root, *, roots=None,
   bar = tqdm.tqdm(total=len(records), initial=done, desc=f"{dataset} {base_size}",
                   unit="img", dynamic_ncols=True)
   try:
-    for image_path, image, label in _prefetched(load, records[done:]):
+    pairs = list(zip(records, relabeled_labels, strict=True))[done:]
+    for image_path, image, label, label_relabeled in _prefetched(load, pairs):
       pred = predictor(image)
       target = jnp.asarray(label)
       if lut is not None:
         target = taxonomy.remap_labels(target, lut)
-      accumulator.update(pred, target)
+      if label_relabeled is None:
+        accumulator.update(pred, target)
+      else:
+        target_relabeled = taxonomy.remap_labels(jnp.asarray(label_relabeled), relabeled_lut)
+        accumulator.update(*metrics.relabeled_reward_penalty(pred, target, target_relabeled))
       processed += 1
       if save_predictions or save_overlays:
         _save_prediction(save_dir, prediction_stem(image_path, dataset), image,
@@ -245,6 +301,13 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--scales", choices=("ss", "ms"), default="ss")
   parser.add_argument("--crop", type=int, default=713)
   parser.add_argument("--regime", choices=REGIMES, default="zero_shot")
+  parser.add_argument("--relabeled", action="store_true",
+                      help="training regime, model trained on relabeled data: score against "
+                           "<dataset>-relabeled's labels with the official reward/penalty rule "
+                           "(--dataset names the unrelabeled datasets)")
+  parser.add_argument("--lists-dir",
+                      help="read <lists dir>/<dataset>/list/val.txt (mseg-api's "
+                           "mseg/dataset_lists) instead of <dataset root>/list/val.txt")
   parser.add_argument("--out-dir", help="default: <checkpoint>/eval")
   parser.add_argument("--batch-size", type=int, default=None,
                       help="windows per network call (default 8 on GPU/TPU, 2 on CPU)")
@@ -261,15 +324,17 @@ def main(argv: list[str] | None = None) -> None:
   batch_size = args.batch_size or (2 if jax.default_backend() == "cpu" else 8)
   model_name = args.model_name or checkpoint.absolute().name
   model, variables = models.load_checkpoint(checkpoint)
+  run_name = args.scales + ("_relabeled" if args.relabeled else "")
   for dataset in args.dataset.split(","):
     for base_size in args.base_size:
       result = evaluate_dataset(
         model, variables, dataset, args.data_root, roots=roots, base_size=base_size,
         scales=inference.scales_from_name(args.scales), crop=args.crop, regime=args.regime,
-        batch_size=batch_size, save_dir=out_dir / dataset / str(base_size) / args.scales,
+        batch_size=batch_size, save_dir=out_dir / dataset / str(base_size) / run_name,
         dtype=jnp.dtype(args.dtype), limit=args.limit, save_predictions=args.save_predictions,
-        save_overlays=args.save_overlays, model_name=model_name)
-      print(f"{dataset} base {base_size} {args.scales}: mIoU {100 * result['miou']:.2f} "
+        save_overlays=args.save_overlays, model_name=model_name, lists_dir=args.lists_dir,
+        relabeled=args.relabeled)
+      print(f"{dataset} base {base_size} {run_name}: mIoU {100 * result['miou']:.2f} "
             f"(present classes {100 * result['miou_present']:.2f}), "
             f"pixel acc {100 * result['pixel_acc']:.2f}")
   print(write_report(collect(out_dir), out_dir).split("\n## Per-class")[0])

@@ -1,10 +1,13 @@
 """Segmentation metrics as the official MSeg code computes them, and result tables.
 
 The confusion matrix is accumulated on device (int32, flushed to an int64 host matrix before
-it could overflow). IoU follows `mseg_semantic/utils/avg_meter.py`: `I / (U + 1e-10)`, and the
-mIoU is the plain mean over all classes of the evaluation taxonomy, so a class absent from both
-the ground truth and the prediction counts as 0. The mean over the classes present (in the
-ground truth or the prediction) is reported beside it, labelled as such.
+it could overflow). It has one column more than classes: a prediction that is no class id (255,
+the penalty of `relabeled_reward_penalty`) on a labelled pixel is counted there, which is how
+`intersectionAndUnion` counts it (in the target's area and union, in no class's prediction
+area). IoU follows `mseg_semantic/utils/avg_meter.py`: `I / (U + 1e-10)`, and the mIoU is the
+plain mean over all classes of the evaluation taxonomy, so a class absent from both the ground
+truth and the prediction counts as 0. The mean over the classes present (in the ground truth or
+the prediction) is reported beside it, labelled as such.
 """
 
 import functools
@@ -26,35 +29,59 @@ PAPER_DATASETS = {
   "kitti-19": "KITTI",
   "scannet-20": "SN",
 }
-# Datasets the harmonic mean runs over, per regime (collect_results.py).
+# Datasets the harmonic mean runs over, per regime (collect_results.py); "training+relabeled"
+# is the training regime scored with `relabeled_reward_penalty`.
+_TRAINING = ("ade20k-150", "bdd", "cityscapes-19", "coco-panoptic-133", "idd-39",
+             "mapillary-public65", "sunrgbd-37")
 HMEAN_DATASETS = {
   "zero_shot": tuple(PAPER_DATASETS),
   "oracle": ("voc2012", "pascal-context-60", "camvid-11", "kitti-19", "scannet-20"),
-  "training": ("ade20k-150", "bdd", "cityscapes-19", "coco-panoptic-133", "idd-39",
-               "mapillary-public65", "sunrgbd-37"),
+  "training": _TRAINING,
+  "training+relabeled": _TRAINING,
 }
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes",))
 def confusion_matrix(pred: jax.Array, target: jax.Array, num_classes: int) -> jax.Array:
-  """int32 (K, K) counts [target, prediction]; target 255 (or any id >= K) is ignored."""
+  """int32 (K, K + 1) counts [target, prediction]; target 255 (or any id >= K) is ignored;
+  column K counts labelled pixels whose prediction is no class id (>= K, e.g. 255)."""
   pred = pred.reshape(-1).astype(jnp.int32)
   target = target.reshape(-1).astype(jnp.int32)
   k = num_classes
-  valid = (target < k) & (pred < k)
-  index = jnp.where(valid, target * k + pred, k * k)
-  counts = jnp.zeros(k * k + 1, jnp.int32).at[index].add(1)
-  return counts[: k * k].reshape(k, k)
+  index = jnp.where(target < k, target * (k + 1) + jnp.minimum(pred, k), k * (k + 1))
+  counts = jnp.zeros(k * (k + 1) + 1, jnp.int32).at[index].add(1)
+  return counts[: k * (k + 1)].reshape(k, k + 1)
+
+
+@jax.jit
+def relabeled_reward_penalty(pred: jax.Array, target: jax.Array,
+                             target_relabeled: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """A relabeled model's universal prediction scored against unrelabeled ground truth, as
+  `eval_rel_model_pred_on_unrel_data` (mseg_semantic/tool/relabeled_eval_utils.py) does.
+
+  `target` and `target_relabeled` are the unrelabeled and relabeled labels of the same image,
+  both in universal ids. Where they differ, a prediction equal to the relabeled class becomes
+  the unrelabeled class (reward) and any other becomes 255 (penalty: a miss of the target class
+  that is no class's prediction); where the relabeled label is 255, so is the returned target.
+  Returns (prediction, target), uint8.
+  """
+  pred, target = pred.astype(jnp.uint8), target.astype(jnp.uint8)
+  target_relabeled = target_relabeled.astype(jnp.uint8)
+  relabeled = target != target_relabeled
+  pred = jnp.where(relabeled, jnp.where(pred == target_relabeled, target, IGNORE), pred)
+  target = jnp.where(target_relabeled == IGNORE, IGNORE, target)
+  return pred.astype(jnp.uint8), target.astype(jnp.uint8)
 
 
 class ConfusionAccumulator:
-  """Sums per-image confusion matrices on device; flushes to int64 on the host before overflow."""
+  """Sums per-image confusion matrices (K, K + 1) on device; flushes to int64 on the host before
+  overflow."""
 
   _FLUSH_AT = 2**31 - 1
 
   def __init__(self, num_classes: int, initial: np.ndarray | None = None):
     self.num_classes = num_classes
-    self._host = np.zeros((num_classes, num_classes), np.int64)
+    self._host = np.zeros((num_classes, num_classes + 1), np.int64)
     if initial is not None:
       if initial.shape != self._host.shape:
         raise ValueError(f"confusion matrix shape {initial.shape} != {self._host.shape}")
@@ -77,26 +104,28 @@ class ConfusionAccumulator:
     self._device, self._pending = None, 0
 
   def result(self) -> np.ndarray:
-    """The int64 (K, K) matrix [target, prediction] so far."""
+    """The int64 (K, K + 1) matrix [target, prediction] so far (`confusion_matrix`)."""
     self._flush()
     return self._host.copy()
 
 
 def scores(cm: np.ndarray, excluded_ids: Sequence[int] = ()) -> dict:
-  """Per-class IoU / accuracy and their means from a [target, prediction] confusion matrix.
+  """Per-class IoU / accuracy and their means from a [target, prediction] confusion matrix,
+  (K, K) or (K, K + 1) with `confusion_matrix`'s column of predictions that are no class.
 
   `miou` and `macc` are the official means over all classes not in `excluded_ids` (absent
   classes count as 0); `miou_present` averages only the classes that occur in the ground truth
   or the prediction; `pixel_acc` = sum(I) / sum(T).
   """
   cm = np.asarray(cm, np.float64)
-  intersection = np.diag(cm)
+  k = len(cm)
+  intersection = np.diag(cm[:, :k])
   area_target = cm.sum(axis=1)
-  area_pred = cm.sum(axis=0)
+  area_pred = cm[:, :k].sum(axis=0)
   union = area_target + area_pred - intersection
   iou = intersection / (union + EPS)
   acc = intersection / (area_target + EPS)
-  keep = np.ones(len(cm), bool)
+  keep = np.ones(k, bool)
   keep[list(excluded_ids)] = False
   present = keep & (union > 0)
   return {
@@ -117,6 +146,10 @@ def harmonic_mean(values: Sequence[float]) -> float:
   return len(values) / sum(1.0 / v for v in values)
 
 
+def _regime_label(result: dict) -> str:
+  return result.get("regime", "") + ("+relabeled" if result.get("relabeled") else "")
+
+
 def _scales_label(result: dict) -> str:
   scales = result.get("scales", (1.0,))
   return "ss" if list(scales) == [1.0] else "ms"
@@ -129,7 +162,7 @@ def best_of_base_sizes(results: Sequence[dict], resolution: str | int = "max") -
   for r in results:
     if resolution != "max" and r.get("base_size") != int(resolution):
       continue
-    key = (r.get("model", ""), r.get("regime", ""), _scales_label(r), r["dataset"])
+    key = (r.get("model", ""), _regime_label(r), _scales_label(r), r["dataset"])
     if key not in best or r["miou"] > best[key]["miou"]:
       best[key] = r
   return list(best.values())
@@ -143,10 +176,11 @@ def paper_rows(results: Sequence[dict], resolution: str | int = "max") -> list[d
   """The paper's rows: {"model", "regime", "scales", "miou": {dataset: mIoU}, "hmean"} per
   (model, regime, scales), the best over base sizes unless `resolution` names one. `hmean` is
   the harmonic mean over the regime's datasets (six zero-shot test sets; five for oracle; seven
-  training sets) when the row has them all, else None."""
+  training sets) when the row has them all, else None. A relabeled evaluation's regime is
+  "training+relabeled"."""
   rows: dict[tuple, dict] = {}
   for r in best_of_base_sizes(results, resolution):
-    key = (r.get("model", ""), r.get("regime", ""), _scales_label(r))
+    key = (r.get("model", ""), _regime_label(r), _scales_label(r))
     row = rows.setdefault(key, {"model": key[0], "regime": key[1], "scales": key[2], "miou": {}})
     row["miou"][r["dataset"]] = r["miou"]
   for row in rows.values():
@@ -180,7 +214,7 @@ def dataset_table(results: Sequence[dict]) -> str:
             "mIoU (present classes)", "mAcc", "pixel acc"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for r in results:
-    cells = [r["dataset"], r.get("regime", "—"), str(r.get("base_size", "—")), _scales_label(r),
+    cells = [r["dataset"], _regime_label(r) or "—", str(r.get("base_size", "—")), _scales_label(r),
              str(r.get("crop", "—")), str(r.get("num_images", "—")), _percent(r["miou"]),
              _percent(r["miou_present"]), _percent(r.get("macc")), _percent(r["pixel_acc"])]
     lines.append("| " + " | ".join(cells) + " |")

@@ -1,7 +1,10 @@
 """End to end on the synthetic composite: evaluate prints its table, its mIoU is the official
-numpy mIoU of the saved predictions, an interrupted run resumes, and the regimes check models."""
+numpy mIoU of the saved predictions, an interrupted run resumes, the regimes check models, and
+a relabeled evaluation with mseg-api style lists applies the official reward/penalty rule."""
 
 import json
+import shutil
+from pathlib import Path
 
 import cv2
 import jax
@@ -50,6 +53,16 @@ def checkpoint(tmp_path_factory):
   return write_tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny")
 
 
+def intersection_and_union(output, target, k):
+  """mseg_semantic/utils/iou.py intersectionAndUnion: (I, O, T) histograms over 0..K-1."""
+  output = output.astype(np.int64).ravel()
+  target = target.astype(np.int64).ravel()
+  output[target == 255] = 255
+  inter = output[output == target]
+  bins = np.arange(k + 1)
+  return np.stack([np.histogram(x, bins)[0] for x in (inter, output, target)])
+
+
 def official_miou(gray_dir, data_root, dataset, k):
   """accuracy_calculator.py: per-image intersectionAndUnion sums from the saved PNGs."""
   root = catalog.dataset_root(data_root, dataset)
@@ -57,15 +70,7 @@ def official_miou(gray_dir, data_root, dataset, k):
   for image_path, label_path in sources.read_list(catalog.list_path(data_root, dataset, "val"),
                                                   root):
     pred = cv2.imread(str(gray_dir / f"{image_path.stem}.png"), cv2.IMREAD_GRAYSCALE)
-    target = cv2.imread(str(label_path), cv2.IMREAD_UNCHANGED).astype(np.int64)
-    output = pred.astype(np.int64).ravel()
-    target = target.ravel()
-    output[target == 255] = 255
-    inter = output[output == target]
-    bins = np.arange(k + 1)
-    sums[0] += np.histogram(inter, bins)[0]
-    sums[1] += np.histogram(output, bins)[0]
-    sums[2] += np.histogram(target, bins)[0]
+    sums += intersection_and_union(pred, cv2.imread(str(label_path), cv2.IMREAD_UNCHANGED), k)
   inter, area_o, area_t = sums
   iou = inter / (area_o + area_t - inter + 1e-10)
   return iou.mean(), inter.sum() / area_t.sum()
@@ -146,3 +151,115 @@ def test_regimes_reject_mismatched_models(data_root, checkpoint):
     evaluate.evaluate_dataset(model, variables, "camvid-11", data_root, regime="oracle")
   with pytest.raises(ValueError, match="--regime training"):
     evaluate.evaluate_dataset(model, variables, "cityscapes-19", data_root)
+
+
+CS, CS_RELABELED = "cityscapes-19", "cityscapes-19-relabeled"
+
+
+def official_relabeled_sums(pred, label, label_relabeled):
+  """eval_rel_model_pred_on_unrel_data (numpy), then intersectionAndUnion over 194 classes."""
+  target = taxonomy.to_universal_lut(CS)[label]
+  target_relabeled = taxonomy.to_universal_lut(CS_RELABELED)[label_relabeled]
+  relabeled = target_relabeled != target
+  output = np.where(relabeled & (pred == target_relabeled), target, pred)
+  output = np.where(relabeled & (pred != target_relabeled), 255, output)
+  target[target_relabeled == 255] = 255
+  return intersection_and_union(output, target, taxonomy.NUM_UNIVERSAL)
+
+
+def write_relabeled_lists(root, lists, lines, gray_dir):
+  """mseg-api style lists for cityscapes-19 and cityscapes-19-relabeled under `lists`, relabeled
+  labels beside the unrelabeled ones in `root`: where the prediction is wrong but a relabeled
+  class, in the left half, the relabeled label is the prediction (reward); 'person' becomes
+  'bicyclist' (penalty unless predicted); the bottom 8 rows become unlabeled.
+  Returns (reward, penalty) pixel counts."""
+  lut = taxonomy.to_universal_lut(CS)
+  from_universal = np.full(256, 255, np.uint8)
+  num_relabeled = len(taxonomy.class_names(CS_RELABELED))
+  from_universal[taxonomy.to_universal_lut(CS_RELABELED)[:num_relabeled]] = range(num_relabeled)
+  bicyclist = taxonomy.class_id(CS_RELABELED, "bicyclist")
+  (root / "relabeled").mkdir()
+  relabeled_lines, reward, penalty = [], 0, 0
+  for line in lines:
+    image_rel, label_rel = line.split()
+    label = cv2.imread(str(root / label_rel), cv2.IMREAD_UNCHANGED)
+    pred = cv2.imread(str(gray_dir / f"{Path(image_rel).stem}.png"), cv2.IMREAD_GRAYSCALE)
+    relabeled = from_universal[lut[label]]
+    rewarded = (pred != lut[label]) & (label != 255) & (from_universal[pred] != 255)
+    rewarded[:, label.shape[1] // 2:] = False
+    relabeled[rewarded] = from_universal[pred[rewarded]]
+    person = label == taxonomy.class_id(CS, "person")
+    relabeled[person] = bicyclist
+    relabeled[-8:] = 255
+    reward += (rewarded & ~person)[:-8].sum()
+    penalty += (person & (pred != taxonomy.universal_id("bicyclist")))[:-8].sum()
+    cv2.imwrite(str(root / "relabeled" / Path(label_rel).name), relabeled)
+    relabeled_lines.append(f"{image_rel} relabeled/{Path(label_rel).name}")
+  for name, text in ((CS, lines), (CS_RELABELED, relabeled_lines)):
+    (lists / name / "list").mkdir(parents=True)
+    (lists / name / "list" / "val.txt").write_text("\n".join(text) + "\n")
+  return reward, penalty
+
+
+def test_relabeled_cli_rewards_and_penalizes_with_lists_read_in_place(data_root, checkpoint,
+                                                                      tmp_path):
+  """cityscapes-19 and cityscapes-19-relabeled share one data root and keep their lists in an
+  mseg-api lists folder (2 of the 3 val images). The result is the official rule followed by
+  intersectionAndUnion (numpy) on the saved raw predictions and both labels."""
+  model, variables = models.load_checkpoint(checkpoint)
+  plain = tmp_path / "plain"
+  evaluate.evaluate_dataset(model, variables, CS, data_root, regime="training", save_dir=plain,
+                            save_predictions=True, limit=2, **SETTINGS)
+  root = shutil.copytree(catalog.dataset_root(data_root, CS), tmp_path / "Cityscapes")
+  lines = (root / "list" / "val.txt").read_text().splitlines()[:2]
+  lists = tmp_path / "lists"
+  reward, penalty = write_relabeled_lists(root, lists, lines, plain / "gray")
+  assert reward > 0 and penalty > 0  # the cases the test is about
+
+  out = tmp_path / "eval"
+  evaluate.main(["--checkpoint", str(checkpoint), "--dataset", CS, "--data-root", str(data_root),
+                 "--root", f"{CS}={root}", "--root", f"{CS_RELABELED}={root}",
+                 "--lists-dir", str(lists), "--regime", "training", "--relabeled",
+                 "--base-size", "64", "--crop", "65", "--batch-size", "2", "--out-dir", str(out),
+                 "--save-predictions"])
+  run_dir = out / CS / "64" / "ss_relabeled"
+  r = json.loads((run_dir / "results.json").read_text())
+  assert r["relabeled"] and r["num_images"] == 2
+  sums = np.zeros((3, taxonomy.NUM_UNIVERSAL), np.int64)
+  for line in lines:
+    image_rel, label_rel = line.split()
+    name = Path(label_rel).name
+    pred = cv2.imread(str(run_dir / "gray" / f"{Path(image_rel).stem}.png"), cv2.IMREAD_GRAYSCALE)
+    np.testing.assert_array_equal(  # raw predictions are saved
+      pred, cv2.imread(str(plain / "gray" / f"{Path(image_rel).stem}.png"), cv2.IMREAD_GRAYSCALE))
+    label = cv2.imread(str(root / label_rel), cv2.IMREAD_UNCHANGED)
+    sums += official_relabeled_sums(pred, label, cv2.imread(str(root / "relabeled" / name),
+                                                            cv2.IMREAD_UNCHANGED))
+  inter, area_o, area_t = sums
+  iou = inter / (area_o + area_t - inter + 1e-10)
+  kept = [u for u in range(taxonomy.NUM_UNIVERSAL) if u not in r["excluded_ids"]]
+  np.testing.assert_allclose(r["iou"], iou, atol=1e-12)
+  assert r["miou"] == pytest.approx(iou[kept].mean(), abs=1e-12)
+  assert r["pixel_acc"] == pytest.approx(inter.sum() / area_t.sum(), abs=1e-12)
+  plain_result = json.loads((plain / "results.json").read_text())
+  assert r["pixel_acc"] != plain_result["pixel_acc"]
+  summary = json.loads((out / "results.json").read_text())
+  assert [row["regime"] for row in summary["paper"]] == ["training+relabeled"]
+
+
+def test_relabeled_evaluation_checks_its_inputs(data_root, checkpoint, tmp_path):
+  model, variables = models.load_checkpoint(checkpoint)
+  with pytest.raises(ValueError, match="part of the training regime"):
+    evaluate.evaluate_dataset(model, variables, "camvid-11", data_root, relabeled=True)
+  with pytest.raises(ValueError, match="unrelabeled name"):
+    evaluate.evaluate_dataset(model, variables, CS_RELABELED, data_root, regime="training",
+                              relabeled=True)
+  lines = catalog.list_path(data_root, CS, "val").read_text().splitlines()
+  for relabeled_lines, error in ((lines[:2], "has 2 lines"), (lines[::-1], "is not")):
+    lists = tmp_path / error.replace(" ", "_")
+    for name, text in ((CS, lines), (CS_RELABELED, relabeled_lines)):
+      (lists / name / "list").mkdir(parents=True)
+      (lists / name / "list" / "val.txt").write_text("\n".join(text) + "\n")
+    with pytest.raises(ValueError, match=error):
+      evaluate.evaluate_dataset(model, variables, CS, data_root, regime="training",
+                                relabeled=True, lists_dir=lists)

@@ -1,9 +1,11 @@
-"""Metrics equal an independent numpy version of the official `intersectionAndUnion`."""
+"""Metrics equal an independent numpy version of the official `intersectionAndUnion`, and the
+relabeled reward/penalty rule does what mseg-semantic's tests/test_relabeled_eval_utils.py
+checks on 4x4 COCO label maps."""
 
 import numpy as np
 import pytest
 
-from mseg_jax import metrics
+from mseg_jax import metrics, taxonomy
 
 
 def official_intersection_and_union(output, target, k, ignore_index=255):
@@ -64,14 +66,25 @@ def test_accumulator_flushes_before_int32_overflow(monkeypatch):
   monkeypatch.setattr(metrics.ConfusionAccumulator, "_FLUSH_AT", 1000)
   k = 7
   pairs = _images(2, k, n=4)  # 713 pixels each: flushes between images
-  acc = metrics.ConfusionAccumulator(k, initial=np.eye(k, dtype=np.int64))
+  acc = metrics.ConfusionAccumulator(k, initial=np.eye(k, k + 1, dtype=np.int64))
   for pred, target in pairs:
     acc.update(pred, target)
-  expected = np.eye(k, dtype=np.int64)
+  expected = np.eye(k, k + 1, dtype=np.int64)
   for pred, target in pairs:
     valid = target != 255
     np.add.at(expected, (target[valid], pred[valid]), 1)
   np.testing.assert_array_equal(acc.result(), expected)
+
+
+def test_prediction_255_counts_as_a_miss_like_official():
+  k = 7
+  pred, target = _images(4, k, n=1)[0]
+  pred[:5] = 255  # no class: in the target's area and union, in no class's prediction area
+  inter, union, area_t = official_intersection_and_union(pred, target, k)
+  got = metrics.scores(metrics.confusion_matrix(pred, target, k))
+  np.testing.assert_allclose(got["iou"], inter / (union + 1e-10), rtol=1e-12)
+  assert got["pixel_acc"] == pytest.approx(inter.sum() / area_t.sum())
+  assert area_t.sum() > (pred[target != 255] < k).sum()  # the misses are counted
 
 
 def test_accumulator_rejects_mismatched_shapes():
@@ -122,3 +135,88 @@ def test_oracle_harmonic_mean_leaves_out_wilddash():
   (row,) = metrics.paper_rows(results)
   assert row["hmean"] == pytest.approx(5 / sum(1 / v for v in values.values()))
   assert row["miou"] == values
+
+
+# 4x4 COCO label maps: the class of a silhouette in the centre (rows 1-3, columns 1-2), sky
+# elsewhere; the prediction is in universal ids, the labels in each dataset's own ids.
+COCO, COCO_RELABELED = "coco-panoptic-133", "coco-panoptic-133-relabeled"
+CENTRE = (slice(1, None), slice(1, 3))
+
+
+def _map(background: int, centre: int) -> np.ndarray:
+  out = np.full((4, 4), background, np.uint8)
+  out[CENTRE] = centre
+  return out
+
+
+def _reward_penalty(pred, target, target_relabeled):
+  """The rule on own-id labels (converted to universal ids as the official test does)."""
+  to_u = taxonomy.to_universal_lut(COCO)[target]
+  relabeled_to_u = taxonomy.to_universal_lut(COCO_RELABELED)[target_relabeled]
+  out_pred, out_target = metrics.relabeled_reward_penalty(pred, to_u, relabeled_to_u)
+  return np.asarray(out_pred), np.asarray(out_target)
+
+
+U = taxonomy.universal_id
+UNREL_PERSON = _map(taxonomy.class_id(COCO, "sky-other-merged"), taxonomy.class_id(COCO, "person"))
+
+
+def test_relabeled_correct_prediction_is_rewritten_to_the_unrelabeled_class():
+  """Official pair 1: 'person' relabeled 'motorcyclist', predicted 'motorcyclist'."""
+  relabeled = _map(taxonomy.class_id(COCO_RELABELED, "sky"),
+                   taxonomy.class_id(COCO_RELABELED, "motorcyclist"))
+  pred, target = _reward_penalty(_map(U("sky"), U("motorcyclist")), UNREL_PERSON, relabeled)
+  np.testing.assert_array_equal(target, _map(U("sky"), U("person")))
+  np.testing.assert_array_equal(pred, target)  # 100% accuracy
+
+
+def test_relabeled_wrong_prediction_becomes_255():
+  """Official pair 2: 'person' relabeled 'motorcyclist', predicted 'person' (the unrelabeled
+  class): a miss. Pixels whose label was not changed keep their prediction, right or wrong."""
+  relabeled = _map(taxonomy.class_id(COCO_RELABELED, "sky"),
+                   taxonomy.class_id(COCO_RELABELED, "motorcyclist"))
+  prediction = _map(U("sky"), U("person"))
+  prediction[0, 0] = U("car")
+  pred, target = _reward_penalty(prediction, UNREL_PERSON, relabeled)
+  np.testing.assert_array_equal(target, _map(U("sky"), U("person")))
+  expected = _map(U("sky"), 255)
+  expected[0, 0] = U("car")
+  np.testing.assert_array_equal(pred, expected)
+
+
+def test_relabeled_unlabeled_pixels_leave_the_target():
+  """'person' relabeled as unlabeled (255): the target is 255 there, whatever was predicted."""
+  relabeled = _map(taxonomy.class_id(COCO_RELABELED, "sky"), 255)
+  pred, target = _reward_penalty(_map(U("sky"), U("person")), UNREL_PERSON, relabeled)
+  np.testing.assert_array_equal(target, _map(U("sky"), 255))
+  np.testing.assert_array_equal(pred, _map(U("sky"), 255))
+
+
+def test_relabeled_penalty_lowers_iou_and_pixel_accuracy():
+  """Column 0 is 'person' in both labels and predicted 'person'; the centre's 'person' is
+  relabeled 'motorcyclist' and predicted 'person' (6 misses); the other 6 pixels are sky.
+  person: I = 4, T = 4 + 6, O = 4 -> IoU 0.4; sky: IoU 1; pixel accuracy (4 + 6) / 16."""
+  unrelabeled = UNREL_PERSON.copy()
+  unrelabeled[:, 0] = taxonomy.class_id(COCO, "person")
+  relabeled = _map(taxonomy.class_id(COCO_RELABELED, "sky"),
+                   taxonomy.class_id(COCO_RELABELED, "motorcyclist"))
+  relabeled[:, 0] = taxonomy.class_id(COCO_RELABELED, "person")
+  prediction = _map(U("sky"), U("person"))
+  prediction[:, 0] = U("person")
+  pred, target = _reward_penalty(prediction, unrelabeled, relabeled)
+  got = metrics.scores(metrics.confusion_matrix(pred, target, taxonomy.NUM_UNIVERSAL))
+  assert got["iou"][U("person")] == pytest.approx(0.4)
+  assert got["iou"][U("sky")] == pytest.approx(1.0)
+  assert got["pixel_acc"] == pytest.approx(10 / 16)
+  assert not got["present"][U("motorcyclist")]
+  inter, union, _ = official_intersection_and_union(pred, target, taxonomy.NUM_UNIVERSAL)
+  np.testing.assert_allclose(got["iou"], inter / (union + 1e-10), rtol=1e-12)
+
+
+def test_relabeled_evaluations_get_their_own_table_row():
+  results = [_result("cityscapes-19", 0.5), dict(_result("cityscapes-19", 0.6), relabeled=True)]
+  for r in results:
+    r["regime"] = "training"
+  rows = metrics.paper_rows(results)
+  assert [(row["regime"], row["miou"]) for row in rows] == [
+    ("training", {"cityscapes-19": 0.5}), ("training+relabeled", {"cityscapes-19": 0.6})]
