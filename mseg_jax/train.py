@@ -480,7 +480,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, model: mode
   for name in config.eval.datasets:
     results.append(evaluate_lib.evaluate_dataset(
         model, variables, name, config.data.data_root, roots=config.data.roots.to_dict() or None,
-        base_size=config.eval.base_size, scales=tuple(config.eval.scales), crop=config.eval.crop,
+        lists_dir=config.data.lists_dir, base_size=config.eval.base_size,
+        scales=tuple(config.eval.scales), crop=config.eval.crop,
         regime=config.eval.regime, batch_size=config.eval.batch_size, limit=config.eval.limit,
         save_dir=out / name, model_name=Path(workdir).name))
   if results and jax.process_index() == 0:
