@@ -127,6 +127,34 @@ def _torch_bias_init(fan_in: int):
   return lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
+class BranchwiseHeadConv(nn.Module):
+  """The head's first 1x1 conv (with bias) applied to the branches before their upsampling.
+
+  conv1x1(concat(x0, up(x1), up(x2), ...)) == x0 @ k0 + up(x1 @ k1) + up(x2 @ k2) + ... + bias,
+  where k_b are the kernel's input-channel slices, because the bilinear upsampling is linear
+  and acts on space only. The wide conv (720 -> 720 for W48) then runs on the low-resolution
+  branches: 13 of 163 GFLOP less per 473x473 forward, and no upsampled concat in memory.
+  Same params as the conv it replaces ({"kernel": (1, 1, sum(widths), features), "bias"}).
+  """
+
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, xs: list[jnp.ndarray]) -> jnp.ndarray:
+    widths = [x.shape[-1] for x in xs]
+    fan_in = sum(widths)
+    kernel = self.param("kernel", nn.initializers.normal(0.001),
+                        (1, 1, fan_in, self.features), jnp.float32)
+    bias = self.param("bias", _torch_bias_init(fan_in), (self.features,), jnp.float32)
+    kernels = jnp.split(kernel[0, 0].astype(self.dtype), np.cumsum(widths)[:-1])
+    size = xs[0].shape[1:3]
+    y = bias.astype(self.dtype)
+    for x, k in zip(xs, kernels, strict=True):
+      y = y + resize_bilinear(x @ k, size, align_corners=False)
+    return y
+
+
 class HRNet(nn.Module):
   """HRNetV2-W* segmentation network; `__call__` returns fp32 logits (N, H, W, num_classes).
 
@@ -135,7 +163,8 @@ class HRNet(nn.Module):
   the official forward would (stride-2 convs give ceil(n/2), resizes target explicit sizes).
   Params are fp32; `dtype` is the compute dtype (bf16 on accelerators).
   Activations are sown into "intermediates" (stem_out, layer1_out, stage{s}_in_{b},
-  stage{s}_out_{b}, concat, logits_quarter) for `mutable=["intermediates"]`.
+  stage{s}_out_{b}, concat, logits_quarter) for `mutable=["intermediates"]`; the
+  inference-only `bn_folded` variant (see `fold_batch_norm`) never builds "concat".
   """
 
   config: HRNetConfig
@@ -246,12 +275,15 @@ class HRNet(nn.Module):
       for b, xb in enumerate(xs):
         self.sow("intermediates", f"stage{stage}_out_{b}", xb)
 
-    size = xs[0].shape[1:3]
-    x = jnp.concatenate(
-        [xs[0]] + [resize_bilinear(xb, size, align_corners=False) for xb in xs[1:]], axis=-1)
-    self.sow("intermediates", "concat", x)
-    x = nn.relu(self._conv_bn(x, "last_layer.0", "last_layer.1", cfg.head_width, 1, 1, train,
-                              bias=True))
+    if self.bn_folded:
+      x = nn.relu(BranchwiseHeadConv(cfg.head_width, dtype=self.dtype, name="last_layer.0")(xs))
+    else:
+      size = xs[0].shape[1:3]
+      x = jnp.concatenate(
+          [xs[0]] + [resize_bilinear(xb, size, align_corners=False) for xb in xs[1:]], axis=-1)
+      self.sow("intermediates", "concat", x)
+      x = nn.relu(self._conv_bn(x, "last_layer.0", "last_layer.1", cfg.head_width, 1, 1, train,
+                                bias=True))
     x = self._conv(x, "last_layer.3", cfg.num_classes, 1, bias=True).astype(jnp.float32)
     self.sow("intermediates", "logits_quarter", x)
     if return_quarter:
@@ -272,7 +304,8 @@ def fold_batch_norm(model: HRNet, variables: dict[str, Any]) -> tuple[HRNet, dic
 
   kernel' = kernel * s and bias' = (bias - running_mean) * s + beta with
   s = gamma / sqrt(running_var + eps), computed in float64; same logits up to rounding, and
-  faster on CPU (one conv + bias per layer).
+  faster on CPU (one conv + bias per layer, and the head's first conv runs per branch before
+  the upsampling: `BranchwiseHeadConv`).
   """
   params = jax.device_get(variables["params"])
   batch_stats = jax.device_get(variables["batch_stats"])
