@@ -23,24 +23,9 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from bench_model import random_variables  # the script's folder is on sys.path
 
 from mseg_jax import inference, models
-from mseg_jax.models.convert import abstract_variables
-
-
-def random_variables(config: models.HRNetConfig, seed: int = 0):
-  """He-normal kernels, small biases, BN statistics near (0, 1): no compiled init needed."""
-  rng = np.random.default_rng(seed)
-
-  def fill(path, leaf):
-    name = jax.tree_util.keystr(path)
-    if name.endswith("['kernel']"):
-      return rng.normal(0, math.sqrt(2 / np.prod(leaf.shape[:-1])), leaf.shape).astype(np.float32)
-    if name.endswith("['var']") or name.endswith("['scale']"):
-      return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
-    return rng.uniform(-0.1, 0.1, leaf.shape).astype(np.float32)
-
-  return jax.tree_util.tree_map_with_path(fill, abstract_variables(config))
 
 
 def windows_per_scale(height: int, width: int, base_size: int, scales, crop: int) -> list[int]:

@@ -27,3 +27,14 @@ def shared_path(*parts: str) -> Path:
 @pytest.fixture(scope="session")
 def shared() -> Path:
   return shared_path()
+
+
+@pytest.fixture(scope="session")
+def golden_small():
+  """The golden small official HRNet as (model, variables), converted from its .pth."""
+  from mseg_jax import models, torch_checkpoint
+
+  path = shared_path("golden", "hrnet_small_random.pth")
+  state_dict = models.checkpoint_state_dict(torch_checkpoint.load(path), str(path))
+  config = models.infer_config(state_dict)
+  return models.HRNet(config=config), models.state_dict_to_variables(state_dict, config)

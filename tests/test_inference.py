@@ -210,17 +210,6 @@ def test_stride_is_ceil_two_thirds():
     assert starts[1] == math.ceil(crop * 2 / 3)
 
 
-@pytest.fixture(scope="module")
-def golden_small():
-  """The golden small official HRNet, converted from its .pth."""
-  from mseg_jax import models, torch_checkpoint
-
-  path = shared_path("golden", "hrnet_small_random.pth")
-  state_dict = models.checkpoint_state_dict(torch_checkpoint.load(path), str(path))
-  config = models.infer_config(state_dict)
-  return models.HRNet(config=config), models.state_dict_to_variables(state_dict, config)
-
-
 def test_net_process_equals_golden_flip_averaged_probabilities(golden_small):
   model, variables = golden_small
   image = np.load(shared_path("golden", "input_65x65_rgb_uint8.npy"))

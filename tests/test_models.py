@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import shared_path
 
-from mseg_jax import models, torch_checkpoint
+from mseg_jax import models
 
 SIZES = ("65x65", "73x105")
 # XLA's backend optimizations change no math but triple W48 compile time on 2 cores; the
@@ -52,23 +52,15 @@ def assert_matches_golden(prefix: str, logits, intermediates, size: str, rtol: f
 # --- Small golden model, converted from the official .pth -----------------------------------
 
 
-@pytest.fixture(scope="module")
-def small():
-  path = shared_path("golden", "hrnet_small_random.pth")
-  state_dict = models.checkpoint_state_dict(torch_checkpoint.load(path))
-  config = models.infer_config(state_dict)
-  return models.HRNet(config=config), models.state_dict_to_variables(state_dict, config)
-
-
 @pytest.mark.parametrize("size", SIZES)
-def test_small_golden_outputs_and_intermediates(small, size):
-  model, variables = small
+def test_small_golden_outputs_and_intermediates(golden_small, size):
+  model, variables = golden_small
   logits, intermediates = run_golden(model, variables, size)
   assert_matches_golden("hrnet_small", logits, intermediates, size, rtol=1e-4)
 
 
-def test_return_quarter_gives_the_last_layer_logits(small):
-  model, variables = small
+def test_return_quarter_gives_the_last_layer_logits(golden_small):
+  model, variables = golden_small
   x = nhwc(np.load(shared_path("golden", "input_73x105.npy")))
   quarter = jax.jit(lambda v, x: model.apply(v, x, train=False, return_quarter=True),
                     compiler_options=FAST_COMPILE)(variables, x)
@@ -77,8 +69,8 @@ def test_return_quarter_gives_the_last_layer_logits(small):
   assert relative_error(quarter, ref) <= 1e-4
 
 
-def test_folded_batch_norm_gives_the_same_logits_and_refuses_training(small):
-  model, variables = small
+def test_folded_batch_norm_gives_the_same_logits_and_refuses_training(golden_small):
+  model, variables = golden_small
   folded_model, folded = models.fold_batch_norm(model, variables)
   assert folded.keys() == {"params"}
   assert all("kernel" in leaves and "bias" in leaves for leaves in folded["params"].values())
@@ -90,8 +82,8 @@ def test_folded_batch_norm_gives_the_same_logits_and_refuses_training(small):
     folded_model.apply(folded, x, train=True)
 
 
-def test_bf16_compute_keeps_fp32_params_and_logits_at_any_size(small):
-  model, variables = small
+def test_bf16_compute_keeps_fp32_params_and_logits_at_any_size(golden_small):
+  model, variables = golden_small
   x = jax.random.normal(jax.random.key(0), (2, 30, 44, 3))  # (H-1) % 8 != 0 is fine
   bf16_model = models.HRNet(config=model.config, dtype=jnp.bfloat16)
   fp32, bf16 = jax.jit(lambda v, x: (model.apply(v, x), bf16_model.apply(v, x)),
