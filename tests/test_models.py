@@ -1,6 +1,8 @@
 """HRNet model: matches the official PyTorch forward (golden), BN semantics, resizing, presets."""
 
+import collections
 import csv
+import re
 
 import cv2
 import jax
@@ -10,6 +12,7 @@ import pytest
 from conftest import shared_path
 
 from mseg_jax import models
+from mseg_jax.models.hrnet import materialize
 
 SIZES = ("65x65", "73x105")
 # XLA's backend optimizations change no math but triple W48 compile time on 2 cores; the
@@ -92,6 +95,34 @@ def test_bf16_compute_keeps_fp32_params_and_logits_at_any_size(golden_small):
   assert bf16.dtype == jnp.float32
   assert relative_error(bf16, np.asarray(fp32)) < 0.1
   assert (np.asarray(bf16).argmax(-1) == np.asarray(fp32).argmax(-1)).mean() > 0.8
+
+
+def test_materialize_is_an_exact_identity_with_identity_gradient():
+  x = jnp.array([0.0, -0.0, 1.5, -3e38, 3e38, 2e-38, jnp.inf, -jnp.inf, jnp.nan])
+  y = materialize(x)
+  np.testing.assert_array_equal(np.asarray(y).view(np.uint32), np.asarray(x).view(np.uint32))
+  np.testing.assert_array_equal(jax.grad(lambda x: materialize(x[:6]).sum())(x)[:6], 1.0)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="a property of XLA:CPU's fusion")
+@pytest.mark.parametrize("train", [False, True])
+def test_cpu_forward_computes_each_sum_once(train):
+  # Without `materialize`, XLA:CPU recomputes the residual/fuse sums inside every later sum:
+  # the small model's early conv results are then read by 16 (eval) or 18 (train) fusions.
+  model = models.HRNet(models.preset("small"))
+  x = jax.ShapeDtypeStruct((1, 65, 65, 3), jnp.float32)
+  variables = jax.eval_shape(model.init, jax.random.key(0), x)
+  forward = jax.jit(lambda v, x: model.apply(v, x, train=train, mutable=["batch_stats"]))
+  hlo = forward.lower(variables, x).compile(models.compiler_options()).as_text()
+  entry = hlo[hlo.index("ENTRY"):].splitlines()
+  convs = {line.split("=")[0].strip().lstrip("%") for line in entry if " convolution(" in line}
+  reads = collections.Counter()
+  for line in entry:
+    if "=" in line and "(" in line:
+      operands = line.split("(", 1)[1].split(")")[0]
+      reads.update(name for name in re.findall(r"[\w.\-]+", operands) if name in convs)
+  assert len(convs) > 90
+  assert max(reads[c] for c in convs) <= (4 if train else 2)  # BN batch stats read it too
 
 
 # --- W48 golden: weights regenerated with numpy from the manifest --------------------------

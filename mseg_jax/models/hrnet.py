@@ -122,6 +122,20 @@ class BatchNorm(nn.Module):
     return y.astype(self.dtype)
 
 
+def materialize(x: jnp.ndarray) -> jnp.ndarray:
+  """`x` unchanged, but computed once into its own buffer rather than fused into each consumer.
+
+  XLA:CPU fuses a cheap elementwise result into every consumer and recomputes it there. In
+  HRNet each residual sum and fuse sum feeds both a conv and the next sum, so the whole chain
+  of sums along a branch would be recomputed at every step (quadratic in depth: 40% of a W48
+  forward at 713x713). XLA never duplicates a division, and `jax.lax.optimization_barrier` is
+  removed before fusion on CPU, so this divides by a 1 that XLA cannot constant-fold (exact
+  for every value, inf and NaN included; its gradient is exactly the incoming one).
+  """
+  one = jax.lax.stop_gradient(jnp.where(jnp.isfinite(x), x * 0, 0) + 1)
+  return x / one
+
+
 def _torch_bias_init(fan_in: int):
   bound = 1 / math.sqrt(fan_in)
   return lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)
@@ -197,13 +211,13 @@ class HRNet(nn.Module):
     out = self._conv_bn(out, f"{name}.conv3", f"{name}.bn3", width, 1, 1, train)
     if x.shape[-1] != width:
       x = self._conv_bn(x, f"{name}.downsample.0", f"{name}.downsample.1", width, 1, 1, train)
-    return nn.relu(out + x)
+    return materialize(nn.relu(out + x))
 
   def _basic_block(self, x, name: str, train: bool):
     width = x.shape[-1]
     out = nn.relu(self._conv_bn(x, f"{name}.conv1", f"{name}.bn1", width, 3, 1, train))
     out = self._conv_bn(out, f"{name}.conv2", f"{name}.bn2", width, 3, 1, train)
-    return nn.relu(out + x)
+    return materialize(nn.relu(out + x))
 
   def _sequential(self, x, name: str, features: int, kernel: int, stride: int, train: bool):
     """Sequential(conv, BN) under `name.0`, `name.1`."""
@@ -248,7 +262,7 @@ class HRNet(nn.Module):
       for j in range(1, len(xs)):
         y = y + (xs[j] if i == j else self._fuse_term(xs[j], f"{name}.fuse_layers.{i}.{j}", i,
                                                        j, xs[i], train))
-      out.append(nn.relu(y))
+      out.append(materialize(nn.relu(y)))
     return out
 
   @nn.compact
