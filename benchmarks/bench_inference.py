@@ -40,10 +40,12 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--model", default="hrnet_w48", help="models.preset name")
   parser.add_argument("--checkpoint", help="a model dir instead of random --model weights")
-  parser.add_argument("--settings", default="360:ss",
-                      help="comma-separated base_size:ss|ms to run")
-  parser.add_argument("--estimate", default="720:ss,1080:ss,360:ms,720:ms,1080:ms",
-                      help="settings to extrapolate from the time per network call")
+  parser.add_argument("--settings", default="360:ss", help="comma-separated base_size:ss|ms to run")
+  parser.add_argument(
+    "--estimate",
+    default="720:ss,1080:ss,360:ms,720:ms,1080:ms",
+    help="settings to extrapolate from the time per network call",
+  )
   parser.add_argument("--crop", type=int, default=713)
   parser.add_argument("--batch-size", type=int, default=1)
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
@@ -61,12 +63,15 @@ def main() -> None:
   dtype = jnp.dtype(args.dtype)
   rng = np.random.default_rng(0)
   frame = rng.integers(0, 256, (args.height, args.width, 3), dtype=np.uint8)
-  print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), model "
-        f"{args.checkpoint or args.model}, crop {args.crop}, batch {args.batch_size} windows "
-        f"(+flips), {args.dtype}, frame {args.width}x{args.height}")
+  print(
+    f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), model "
+    f"{args.checkpoint or args.model}, crop {args.crop}, batch {args.batch_size} windows "
+    f"(+flips), {args.dtype}, frame {args.width}x{args.height}"
+  )
 
-  predictor = inference.Predictor(model, variables, crop=args.crop, batch_size=args.batch_size,
-                                  dtype=dtype)
+  predictor = inference.Predictor(
+    model, variables, crop=args.crop, batch_size=args.batch_size, dtype=dtype
+  )
   crops = jnp.zeros((args.batch_size, args.crop, args.crop, 3), jnp.float32)
   t0 = time.perf_counter()
   jax.block_until_ready(predictor.net(predictor.variables, crops, None))
@@ -77,20 +82,30 @@ def main() -> None:
     jax.block_until_ready(predictor.net(predictor.variables, crops, None))
     times.append(time.perf_counter() - t0)
   per_call = min(times)
-  print(f"network call ({args.batch_size} windows + flips): first {compile_s:.1f} s "
-        f"(compile + run), then {per_call:.3f} s")
+  print(
+    f"network call ({args.batch_size} windows + flips): first {compile_s:.1f} s "
+    f"(compile + run), then {per_call:.3f} s"
+  )
 
   print("| base size | scales | windows/frame | s/frame | frames/s | measured |")
   print("|---|---|---|---|---|---|")
-  for spec, measured in [(s, True) for s in args.settings.split(",") if s] + \
-                        [(s, False) for s in args.estimate.split(",") if s]:
+  for spec, measured in [(s, True) for s in args.settings.split(",") if s] + [
+    (s, False) for s in args.estimate.split(",") if s
+  ]:
     base, scales_name = spec.split(":")
     scales = inference.scales_from_name(scales_name)
     counts = windows_per_scale(args.height, args.width, int(base), scales, args.crop)
     windows = sum(counts)
     if measured:
-      predictor = inference.Predictor(model, variables, base_size=int(base), scales=scales,
-                                      crop=args.crop, batch_size=args.batch_size, dtype=dtype)
+      predictor = inference.Predictor(
+        model,
+        variables,
+        base_size=int(base),
+        scales=scales,
+        crop=args.crop,
+        batch_size=args.batch_size,
+        dtype=dtype,
+      )
       np.asarray(predictor(frame))  # warm-up: compiles the per-size functions
       t0 = time.perf_counter()
       for _ in range(args.frames):
@@ -98,8 +113,11 @@ def main() -> None:
       seconds = (time.perf_counter() - t0) / args.frames
     else:
       seconds = sum(math.ceil(n / args.batch_size) for n in counts) * per_call
-    print(f"| {base} | {scales_name} | {windows} | {seconds:.2f} | {1 / seconds:.3f} | "
-          f"{'yes' if measured else 'estimate'} |", flush=True)
+    print(
+      f"| {base} | {scales_name} | {windows} | {seconds:.2f} | {1 / seconds:.3f} | "
+      f"{'yes' if measured else 'estimate'} |",
+      flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,11 @@ def write_dataset(root: Path, count: int) -> None:
   lines = []
   for i in range(count):
     image, universal = synthetic.render(False, np.random.default_rng(i), 1080, 1920)
-    cv2.imwrite(str(data / f"img/{i}.jpg"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-                [cv2.IMWRITE_JPEG_QUALITY, 90])
+    cv2.imwrite(
+      str(data / f"img/{i}.jpg"),
+      cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+      [cv2.IMWRITE_JPEG_QUALITY, 90],
+    )
     cv2.imwrite(str(data / f"lab/{i}.png"), inverse[universal])
     lines.append(f"img/{i}.jpg lab/{i}.png\n")
   catalog.list_path(root, DATASET, "train").parent.mkdir()
@@ -64,7 +67,8 @@ def stage_times(root: Path) -> None:
     "blur (p=0.5)": lambda: T.blur(big_image),
     "flip (p=0.5)": lambda: T.hflip(big_image, big_label),
     "crop 713": lambda: T.RandCrop(713, 713).random_map(
-      {"image": big_image, "label": big_label}, np.random.default_rng(0)),
+      {"image": big_image, "label": big_label}, np.random.default_rng(0)
+    ),
   }
   print("| stage (1 thread, after x1.25) | ms |")
   print("|---|---|")
@@ -74,8 +78,16 @@ def stage_times(root: Path) -> None:
 
 def measure(root: Path, workers: int, batch: int, batches: int) -> tuple[float, float]:
   """(seconds to the first batch, images/s over the next `batches` batches)."""
-  ds = batching.train_dataset([DATASET], [batch], data_root=root, crop_size=713,
-                              short_size=1080, seed=0, num_workers=workers, num_threads=1)
+  ds = batching.train_dataset(
+    [DATASET],
+    [batch],
+    data_root=root,
+    crop_size=713,
+    short_size=1080,
+    seed=0,
+    num_workers=workers,
+    num_threads=1,
+  )
   start = time.perf_counter()
   iterator = iter(ds)
   first = next(iterator)
@@ -95,8 +107,12 @@ def main() -> None:
   parser.add_argument("--batch", type=int, default=5)
   parser.add_argument("--batches", type=int, default=8)
   parser.add_argument("--workers", default="0,1,2")
-  parser.add_argument("--step-rate", type=float, default=None,
-                      help="images/s a training step consumes (prints the cores it needs)")
+  parser.add_argument(
+    "--step-rate",
+    type=float,
+    default=None,
+    help="images/s a training step consumes (prints the cores it needs)",
+  )
   args = parser.parse_args()
   flags.FLAGS.mark_as_parsed()
   cv2.setNumThreads(1)  # 0 workers = one core; workers set the same (batching._init_worker)
@@ -115,8 +131,10 @@ def main() -> None:
       print(f"| {workers} | {busy} | {first:.1f} | {rate:.1f} | {rate / busy:.1f} |")
   if args.step_rate:
     best = max(per_core)
-    print(f"a step consuming {args.step_rate:.0f} images/s needs "
-          f"{args.step_rate / best:.1f} cores at {best:.1f} images/s per core")
+    print(
+      f"a step consuming {args.step_rate:.0f} images/s needs "
+      f"{args.step_rate / best:.1f} cores at {best:.1f} images/s per core"
+    )
 
 
 if __name__ == "__main__":

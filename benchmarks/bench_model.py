@@ -43,8 +43,10 @@ def bench(model, variables, size: int, batch: int, repeats: int, tuned: bool) ->
   if tuned:
     model, variables = models.fold_batch_norm(model, variables)
   variables = jax.device_put(variables)
-  forward = jax.jit(lambda v, x: model.apply(v, x, train=False),
-                    compiler_options=models.compiler_options() if tuned else None)
+  forward = jax.jit(
+    lambda v, x: model.apply(v, x, train=False),
+    compiler_options=models.compiler_options() if tuned else None,
+  )
   x = np.random.default_rng(1).normal(size=(batch, size, size, 3)).astype(np.float32)
   x = jax.device_put(x)
   start = time.perf_counter()
@@ -57,10 +59,14 @@ def bench(model, variables, size: int, batch: int, repeats: int, tuned: bool) ->
     times.append(time.perf_counter() - start)
     cpu_times.append(time.process_time() - cpu_start)
   stats = jax.devices()[0].memory_stats() or {}
-  return {"compile_and_first_s": first, "median_s": statistics.median(times), "min_s": min(times),
-          "cpu_s": statistics.median(cpu_times),
-          "images_per_s": batch / statistics.median(times),
-          "peak_gib": stats.get("peak_bytes_in_use", float("nan")) / 2**30}
+  return {
+    "compile_and_first_s": first,
+    "median_s": statistics.median(times),
+    "min_s": min(times),
+    "cpu_s": statistics.median(cpu_times),
+    "images_per_s": batch / statistics.median(times),
+    "peak_gib": stats.get("peak_bytes_in_use", float("nan")) / 2**30,
+  }
 
 
 def main():
@@ -70,23 +76,32 @@ def main():
   parser.add_argument("--batch", type=int, default=1)
   parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
   parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--plain", dest="tuned", action="store_false",
-                      help="plain model.apply: no BN folding, default XLA compiler options")
+  parser.add_argument(
+    "--plain",
+    dest="tuned",
+    action="store_false",
+    help="plain model.apply: no BN folding, default XLA compiler options",
+  )
   args = parser.parse_args()
 
   config = models.preset(args.preset)
   model = models.HRNet(config=config, dtype=jnp.dtype(args.dtype))
   variables = random_variables(config)
-  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, "
-        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, preset {args.preset}, {args.dtype}, "
-        f"batch {args.batch}, "
-        + ("folded BN + models.compiler_options()" if args.tuned else "plain model.apply"))
+  print(
+    f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, "
+    f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, preset {args.preset}, {args.dtype}, "
+    f"batch {args.batch}, "
+    + ("folded BN + models.compiler_options()" if args.tuned else "plain model.apply")
+  )
   for size in args.sizes:
     r = bench(model, variables, size, args.batch, args.repeats, args.tuned)
-    print(f"{size}x{size}: median {r['median_s']:.3f} s, min {r['min_s']:.3f} s "
-          f"(process CPU time {r['cpu_s']:.2f} s), "
-          f"{r['images_per_s']:.2f} images/s, compile+first {r['compile_and_first_s']:.1f} s, "
-          f"peak memory {r['peak_gib']:.2f} GiB", flush=True)
+    print(
+      f"{size}x{size}: median {r['median_s']:.3f} s, min {r['min_s']:.3f} s "
+      f"(process CPU time {r['cpu_s']:.2f} s), "
+      f"{r['images_per_s']:.2f} images/s, compile+first {r['compile_and_first_s']:.1f} s, "
+      f"peak memory {r['peak_gib']:.2f} GiB",
+      flush=True,
+    )
 
 
 if __name__ == "__main__":

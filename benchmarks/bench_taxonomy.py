@@ -1,6 +1,6 @@
 """Times the jitted taxonomy ops: label remap (8x713x713 uint8) and projection (2x713x713x194).
 
-  python benchmarks/bench_taxonomy.py [--repeats 20]
+python benchmarks/bench_taxonomy.py [--repeats 20]
 """
 
 import argparse
@@ -28,8 +28,10 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=20)
   args = parser.parse_args()
   rng = np.random.default_rng(0)
-  print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, {args.repeats} repeats "
-        "(min / median ms)")
+  print(
+    f"jax {jax.__version__}, {jax.devices()[0].device_kind}, {args.repeats} repeats "
+    "(min / median ms)"
+  )
 
   datasets = tx.UNRELABELED_TRAIN_DATASETS
   labels = jax.device_put(rng.integers(0, 256, (8, 713, 713), dtype=np.uint8))
@@ -40,15 +42,17 @@ def main() -> None:
   cases = {
     "remap 8x713x713 uint8, one LUT": lambda: tx.remap_labels(labels, lut),
     "remap 8x713x713 uint8, stacked LUTs + dataset_index": lambda: tx.remap_labels(
-      labels, stacked, index),
+      labels, stacked, index
+    ),
     "numpy lut[labels] (reference)": lambda: lut_np[labels_np],
   }
   probs = rng.random((2, 713, 713, 194), dtype=np.float32)
   probs = jax.device_put(probs / probs.sum(-1, keepdims=True))
   for d in ("camvid-11", "pascal-context-60"):
     matrix = jax.device_put(tx.projection_matrix(d))
-    cases[f"project 2x713x713x194 -> {matrix.shape[1]} ({d})"] = (
-      lambda m=matrix: tx.project_probs(probs, m))
+    cases[f"project 2x713x713x194 -> {matrix.shape[1]} ({d})"] = lambda m=matrix: tx.project_probs(
+      probs, m
+    )
   for name, fn in cases.items():
     best, median = timeit(fn, args.repeats)
     print(f"{name:55s} {best:8.1f} / {median:8.1f}")

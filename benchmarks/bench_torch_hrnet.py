@@ -31,8 +31,9 @@ def conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1, relu: bool = 
 class Bottleneck(nn.Module):
   def __init__(self, cin: int, planes: int):
     super().__init__()
-    self.main = nn.Sequential(conv_bn(cin, planes, 1), conv_bn(planes, planes),
-                              conv_bn(planes, 4 * planes, 1, relu=False))
+    self.main = nn.Sequential(
+      conv_bn(cin, planes, 1), conv_bn(planes, planes), conv_bn(planes, 4 * planes, 1, relu=False)
+    )
     self.down = conv_bn(cin, 4 * planes, 1, relu=False) if cin != 4 * planes else nn.Identity()
 
   def forward(self, x):
@@ -60,10 +61,11 @@ def fuse_layer(widths, i: int, j: int) -> nn.Module:
 class HighResolutionModule(nn.Module):
   def __init__(self, widths):
     super().__init__()
-    self.branches = nn.ModuleList(nn.Sequential(*[BasicBlock(w) for _ in range(4)])
-                                  for w in widths)
-    self.fuse = nn.ModuleList(nn.ModuleList(fuse_layer(widths, i, j) for j in range(len(widths)))
-                              for i in range(len(widths)))
+    self.branches = nn.ModuleList(nn.Sequential(*[BasicBlock(w) for _ in range(4)]) for w in widths)
+    self.fuse = nn.ModuleList(
+      nn.ModuleList(fuse_layer(widths, i, j) for j in range(len(widths)))
+      for i in range(len(widths))
+    )
 
   def forward(self, xs):
     xs = [branch(x) for branch, x in zip(self.branches, xs, strict=True)]
@@ -92,8 +94,9 @@ class HRNet(nn.Module):
     self.transition3 = conv_bn(w[2], w[3], 3, 2)
     self.stage4 = nn.Sequential(*[HighResolutionModule(w) for _ in range(3)])
     c = sum(w)
-    self.last_layer = nn.Sequential(nn.Conv2d(c, c, 1), nn.BatchNorm2d(c), nn.ReLU(),
-                                    nn.Conv2d(c, num_classes, 1))
+    self.last_layer = nn.Sequential(
+      nn.Conv2d(c, c, 1), nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, num_classes, 1)
+    )
 
   def forward(self, x):
     size = x.shape[-2:]
@@ -117,8 +120,10 @@ def main() -> None:
   params = sum(p.numel() for p in model.parameters())
   if params != RELEASED_PARAMS:
     raise SystemExit(f"{params} parameters, the released model has {RELEASED_PARAMS}")
-  print(f"torch {torch.__version__}, {args.threads} threads, HRNet-W48 ({params:,} params), "
-        "fp32, batch 1, eval, no_grad")
+  print(
+    f"torch {torch.__version__}, {args.threads} threads, HRNet-W48 ({params:,} params), "
+    "fp32, batch 1, eval, no_grad"
+  )
   for size in args.sizes:
     x = torch.randn(1, 3, size, size)
     with torch.no_grad():

@@ -37,21 +37,23 @@ def main() -> None:
   jax.set_mesh(mesh)
   replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   model = models.HRNet(config=models.preset(args.preset), dtype=train.DTYPES[args.dtype])
-  optim = ml_collections.ConfigDict(dict(base_lr=0.01, momentum=0.9, weight_decay=1e-4,
-                                         power=0.9))
+  optim = ml_collections.ConfigDict(dict(base_lr=0.01, momentum=0.9, weight_decay=1e-4, power=0.9))
   tx, schedule = train.create_optimizer(optim, 600_000)
   luts = taxonomy.stacked_luts(taxonomy.RELABELED_TRAIN_DATASETS)
   state = jax.device_put(
-      jax.jit(functools.partial(train.init_state, model, tx))(jax.random.key(0)), replicated)
+    jax.jit(functools.partial(train.init_state, model, tx))(jax.random.key(0)), replicated
+  )
   rng = np.random.default_rng(0)
   host = {
-      "image": rng.integers(0, 256, (args.batch, args.crop, args.crop, 3), np.uint8),
-      "label": rng.integers(0, 20, (args.batch, args.crop, args.crop), np.uint8),
-      "dataset": np.arange(args.batch, dtype=np.int32) % len(luts),
+    "image": rng.integers(0, 256, (args.batch, args.crop, args.crop, 3), np.uint8),
+    "label": rng.integers(0, 20, (args.batch, args.crop, args.crop), np.uint8),
+    "dataset": np.arange(args.batch, dtype=np.int32) % len(luts),
   }
-  step = jax.jit(functools.partial(train.train_step, model=model, luts=luts, tx=tx,
-                                   schedule=schedule), donate_argnums=0,
-                 out_shardings=replicated)
+  step = jax.jit(
+    functools.partial(train.train_step, model=model, luts=luts, tx=tx, schedule=schedule),
+    donate_argnums=0,
+    out_shardings=replicated,
+  )
   start = time.perf_counter()
   compiled = step.lower(state, train.global_batch(host, data)).compile()
   compile_s = time.perf_counter() - start
@@ -70,17 +72,23 @@ def main() -> None:
   assert np.isfinite(loss), loss
 
   median = statistics.median(step_s)
-  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}  model: {args.preset}  "
-        f"crop: {args.crop}  batch: {args.batch}  dtype: {args.dtype}")
+  print(
+    f"device: {jax.devices()[0].device_kind} x{jax.device_count()}  model: {args.preset}  "
+    f"crop: {args.crop}  batch: {args.batch}  dtype: {args.dtype}"
+  )
   print(f"compile: {compile_s:.1f} s")
-  print(f"step: {median:.3f} s (median of {args.steps}; min {min(step_s):.3f}, "
-        f"max {max(step_s):.3f})  ->  {args.batch / median:.2f} images/s")
+  print(
+    f"step: {median:.3f} s (median of {args.steps}; min {min(step_s):.3f}, "
+    f"max {max(step_s):.3f})  ->  {args.batch / median:.2f} images/s"
+  )
   print(f"host time per step (global batch + dispatch): {1e3 * statistics.median(host_s):.1f} ms")
   if memory is not None:
     gib = 2.0**30
-    print(f"XLA buffers: temp {memory.temp_size_in_bytes / gib:.2f} GiB, arguments "
-          f"{memory.argument_size_in_bytes / gib:.2f} GiB, outputs "
-          f"{memory.output_size_in_bytes / gib:.2f} GiB")
+    print(
+      f"XLA buffers: temp {memory.temp_size_in_bytes / gib:.2f} GiB, arguments "
+      f"{memory.argument_size_in_bytes / gib:.2f} GiB, outputs "
+      f"{memory.output_size_in_bytes / gib:.2f} GiB"
+    )
   print(f"process peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
   stats = jax.devices()[0].memory_stats() or {}
   if "peak_bytes_in_use" in stats:

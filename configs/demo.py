@@ -19,9 +19,13 @@ _spec.loader.exec_module(mseg_3m)
 def get_config() -> ml_collections.ConfigDict:
   config = mseg_3m.get_config("480p")
   config.model.preset = "hrnet_w18"
-  config.model.arch = dict(stage1_blocks=1, stage1_planes=16, stage_modules=(1, 1, 1),
-                           stage_blocks=((1, 1), (1, 1, 1), (1, 1, 1, 1)),
-                           stage_widths=((8, 16), (8, 16, 32), (8, 16, 32, 64)))
+  config.model.arch = dict(
+    stage1_blocks=1,
+    stage1_planes=16,
+    stage_modules=(1, 1, 1),
+    stage_blocks=((1, 1), (1, 1, 1), (1, 1, 1, 1)),
+    stage_widths=((8, 16), (8, 16, 32), (8, 16, 32, 64)),
+  )
   config.data.datasets = ("cityscapes-19", "ade20k-150", "mapillary-public65")
   config.data.relabeled = False
   config.data.data_root = "data/synthetic"

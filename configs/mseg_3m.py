@@ -8,8 +8,15 @@ batch holds batch_size/7 crops of every dataset; total_steps = 3M // that (1080p
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-DATASETS = ("ade20k-150", "bdd", "cityscapes-19", "coco-panoptic-133", "idd-39",
-            "mapillary-public65", "sunrgbd-37")
+DATASETS = (
+  "ade20k-150",
+  "bdd",
+  "cityscapes-19",
+  "coco-panoptic-133",
+  "idd-39",
+  "mapillary-public65",
+  "sunrgbd-37",
+)
 # resolution -> (crop, short side, global batch)
 RECIPES = {"480p": (473, 480, 84), "720p": (593, 720, 49), "1080p": (713, 1080, 35)}
 
@@ -22,18 +29,18 @@ def get_config(arg: str = "1080p") -> ml_collections.ConfigDict:
   config.model = dict(preset="hrnet_w48", arch={})  # arch: HRNetConfig fields to replace
   config.dtype = "float32"  # or "bfloat16" (compute; params, BN stats and loss stay fp32)
   config.data = dict(
-      datasets=DATASETS,
-      relabeled=True,  # train on the "-relabeled" masks (False: mseg-unrelabeled)
-      universal=True,  # labels mapped to the 194-class universal taxonomy
-      data_root=placeholder(str),
-      roots={},  # {dataset: root} overrides of catalog.DEFAULT_ROOTS
-      # mseg-api's mseg/dataset_lists: per-taxonomy lists (<lists_dir>/<name>/list/train.txt);
-      # None reads <dataset root>/list/train.txt
-      lists_dir=placeholder(str),
-      synthetic=False,
-      crop_size=crop,
-      short_size=short,
-      num_workers=16,
+    datasets=DATASETS,
+    relabeled=True,  # train on the "-relabeled" masks (False: mseg-unrelabeled)
+    universal=True,  # labels mapped to the 194-class universal taxonomy
+    data_root=placeholder(str),
+    roots={},  # {dataset: root} overrides of catalog.DEFAULT_ROOTS
+    # mseg-api's mseg/dataset_lists: per-taxonomy lists (<lists_dir>/<name>/list/train.txt);
+    # None reads <dataset root>/list/train.txt
+    lists_dir=placeholder(str),
+    synthetic=False,
+    crop_size=crop,
+    short_size=short,
+    num_workers=16,
   )
   config.batch_size = batch  # global; split evenly over the datasets
   config.num_examples = 3_000_000  # crops per dataset
@@ -43,8 +50,19 @@ def get_config(arg: str = "1080p") -> ml_collections.ConfigDict:
   config.checkpoint = dict(every_steps=5000, keep=2)
   config.log_every = 20
   config.seed = 0
-  config.distributed = dict(enabled=False, coordinator_address=placeholder(str),
-                            num_processes=placeholder(int), process_id=placeholder(int))
-  config.eval = dict(datasets=(), regime="zero_shot", base_size=1080, crop=713, scales=(1.0,),
-                     batch_size=8, limit=placeholder(int))
+  config.distributed = dict(
+    enabled=False,
+    coordinator_address=placeholder(str),
+    num_processes=placeholder(int),
+    process_id=placeholder(int),
+  )
+  config.eval = dict(
+    datasets=(),
+    regime="zero_shot",
+    base_size=1080,
+    crop=713,
+    scales=(1.0,),
+    batch_size=8,
+    limit=placeholder(int),
+  )
   return config

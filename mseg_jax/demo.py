@@ -33,8 +33,9 @@ class DemoInputError(ValueError):
 
 def list_images(directory: Path) -> list[Path]:
   """Image files under `directory` (recursive, sorted)."""
-  images = sorted(p for p in directory.rglob("*")
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+  images = sorted(
+    p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+  )
   if not images:
     raise DemoInputError(f"{directory}: no images ({', '.join(IMAGE_SUFFIXES)}) in directory")
   return images
@@ -59,16 +60,21 @@ def video_frames(path: Path) -> Iterator[np.ndarray]:
     raise DemoInputError(f"{path}: unreadable video (no frames decoded)")
 
 
-def _write(out_dir: Path, stem: str, image: np.ndarray, labels: np.ndarray,
-           names: list[str]) -> np.ndarray:
+def _write(
+  out_dir: Path, stem: str, image: np.ndarray, labels: np.ndarray, names: list[str]
+) -> np.ndarray:
   cv2.imwrite(str(out_dir / "gray" / f"{stem}.png"), labels)
   overlay = visualize.overlay_with_legend(image, labels, names)
   cv2.imwrite(str(out_dir / "overlay" / f"{stem}.jpg"), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
   return overlay
 
 
-def run(predictor: inference.Predictor, input_path: str | Path, out_dir: str | Path,
-        class_names: list[str]) -> list[Path]:
+def run(
+  predictor: inference.Predictor,
+  input_path: str | Path,
+  out_dir: str | Path,
+  class_names: list[str],
+) -> list[Path]:
   """Segments `input_path` (image, directory or video) into `out_dir`; returns the grey maps."""
   input_path, out_dir = Path(input_path), Path(out_dir)
   if not input_path.exists():
@@ -82,15 +88,18 @@ def run(predictor: inference.Predictor, input_path: str | Path, out_dir: str | P
       stems = ["_".join(p.relative_to(input_path).with_suffix("").parts) for p in images]
     else:
       images, stems = [input_path], [input_path.stem]
-    for path, stem in tqdm.tqdm(list(zip(images, stems, strict=True)), desc="demo", unit="img",
-                                disable=len(images) < 2):
+    for path, stem in tqdm.tqdm(
+      list(zip(images, stems, strict=True)), desc="demo", unit="img", disable=len(images) < 2
+    ):
       image = sources.load_image(path)
       _write(out_dir, stem, image, np.asarray(predictor(image)), class_names)
       written.append(out_dir / "gray" / f"{stem}.png")
     return written
   if input_path.suffix.lower() not in VIDEO_SUFFIXES:
-    raise DemoInputError(f"{input_path}: not an image ({', '.join(IMAGE_SUFFIXES)}), a video "
-                         f"({', '.join(VIDEO_SUFFIXES)}) or a directory")
+    raise DemoInputError(
+      f"{input_path}: not an image ({', '.join(IMAGE_SUFFIXES)}), a video "
+      f"({', '.join(VIDEO_SUFFIXES)}) or a directory"
+    )
   capture = cv2.VideoCapture(str(input_path))
   fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
   total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
@@ -98,16 +107,18 @@ def run(predictor: inference.Predictor, input_path: str | Path, out_dir: str | P
   writer = None
   video_out = out_dir / f"{input_path.stem}_overlay.mp4"
   try:
-    for i, frame in enumerate(tqdm.tqdm(video_frames(input_path), total=total, desc="demo",
-                                        unit="frame")):
+    for i, frame in enumerate(
+      tqdm.tqdm(video_frames(input_path), total=total, desc="demo", unit="frame")
+    ):
       labels = np.asarray(predictor(frame))
       stem = f"{input_path.stem}_{i:06d}"
       cv2.imwrite(str(out_dir / "gray" / f"{stem}.png"), labels)
       written.append(out_dir / "gray" / f"{stem}.png")
       overlay = visualize.overlay_with_legend(frame, labels, class_names, fixed_size=True)
       if writer is None:
-        writer = cv2.VideoWriter(str(video_out), cv2.VideoWriter_fourcc(*"mp4v"), fps,
-                                 (overlay.shape[1], overlay.shape[0]))
+        writer = cv2.VideoWriter(
+          str(video_out), cv2.VideoWriter_fourcc(*"mp4v"), fps, (overlay.shape[1], overlay.shape[0])
+        )
       writer.write(cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
   finally:
     if writer is not None:
@@ -120,13 +131,20 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--checkpoint", required=True, help="model dir (models.save_checkpoint)")
   parser.add_argument("--input", required=True, help="an image, a directory or a video")
   parser.add_argument("--output-dir", required=True)
-  parser.add_argument("--taxonomy", default="universal",
-                      help="'universal' or a dataset whose classes to predict (e.g. camvid-11)")
+  parser.add_argument(
+    "--taxonomy",
+    default="universal",
+    help="'universal' or a dataset whose classes to predict (e.g. camvid-11)",
+  )
   parser.add_argument("--base-size", type=int, default=360)
   parser.add_argument("--scales", choices=("ss", "ms"), default="ms")
   parser.add_argument("--crop", type=int, default=713)
-  parser.add_argument("--batch-size", type=int, default=None,
-                      help="windows per network call (default 8 on GPU/TPU, 2 on CPU)")
+  parser.add_argument(
+    "--batch-size",
+    type=int,
+    default=None,
+    help="windows per network call (default 8 on GPU/TPU, 2 on CPU)",
+  )
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   args = parser.parse_args(argv)
 
@@ -137,10 +155,15 @@ def main(argv: list[str] | None = None) -> None:
   except ValueError as e:
     parser.error(str(e))
   predictor = inference.Predictor(
-    model, variables, base_size=args.base_size, scales=inference.scales_from_name(args.scales),
-    crop=args.crop, projection=projection,
+    model,
+    variables,
+    base_size=args.base_size,
+    scales=inference.scales_from_name(args.scales),
+    crop=args.crop,
+    projection=projection,
     batch_size=args.batch_size or (2 if jax.default_backend() == "cpu" else 8),
-    dtype=jnp.dtype(args.dtype))
+    dtype=jnp.dtype(args.dtype),
+  )
   try:
     written = run(predictor, args.input, args.output_dir, names)
   except (DemoInputError, sources.InputError) as e:

@@ -56,29 +56,45 @@ def regime_setup(regime: str, dataset: str, num_model_classes: int) -> dict:
   """Evaluation taxonomy, output projection, ground-truth LUT and excluded ids of a regime."""
   if regime == "zero_shot":
     if dataset not in taxonomy.TEST_DATASETS:
-      raise ValueError(f"zero_shot evaluates the test datasets {taxonomy.TEST_DATASETS}, not "
-                       f"{dataset!r} (use --regime training for a training dataset)")
+      raise ValueError(
+        f"zero_shot evaluates the test datasets {taxonomy.TEST_DATASETS}, not "
+        f"{dataset!r} (use --regime training for a training dataset)"
+      )
     if num_model_classes != taxonomy.NUM_UNIVERSAL:
-      raise ValueError(f"zero_shot needs a universal model ({taxonomy.NUM_UNIVERSAL} classes); "
-                       f"this one has {num_model_classes} (use --regime oracle)")
-    return {"class_names": taxonomy.class_names(dataset),
-            "projection": taxonomy.projection_matrix(dataset), "lut": None, "excluded": []}
+      raise ValueError(
+        f"zero_shot needs a universal model ({taxonomy.NUM_UNIVERSAL} classes); "
+        f"this one has {num_model_classes} (use --regime oracle)"
+      )
+    return {
+      "class_names": taxonomy.class_names(dataset),
+      "projection": taxonomy.projection_matrix(dataset),
+      "lut": None,
+      "excluded": [],
+    }
   if regime == "oracle":
     names = taxonomy.class_names(dataset)
     if num_model_classes != len(names):
-      raise ValueError(f"oracle needs a model trained on {dataset} ({len(names)} classes); "
-                       f"this one has {num_model_classes}")
+      raise ValueError(
+        f"oracle needs a model trained on {dataset} ({len(names)} classes); "
+        f"this one has {num_model_classes}"
+      )
     return {"class_names": names, "projection": None, "lut": None, "excluded": []}
   if regime == "training":
     if dataset not in taxonomy.TRAIN_DATASETS:
-      raise ValueError(f"the training regime needs one of {taxonomy.TRAIN_DATASETS}, "
-                       f"not {dataset!r}")
+      raise ValueError(
+        f"the training regime needs one of {taxonomy.TRAIN_DATASETS}, not {dataset!r}"
+      )
     if num_model_classes != taxonomy.NUM_UNIVERSAL:
-      raise ValueError(f"the training regime needs a universal model "
-                       f"({taxonomy.NUM_UNIVERSAL} classes); this one has {num_model_classes}")
-    return {"class_names": taxonomy.universal_names(), "projection": None,
-            "lut": taxonomy.to_universal_lut(dataset),
-            "excluded": excluded_universal_ids(dataset)}
+      raise ValueError(
+        f"the training regime needs a universal model "
+        f"({taxonomy.NUM_UNIVERSAL} classes); this one has {num_model_classes}"
+      )
+    return {
+      "class_names": taxonomy.universal_names(),
+      "projection": None,
+      "lut": taxonomy.to_universal_lut(dataset),
+      "excluded": excluded_universal_ids(dataset),
+    }
   raise ValueError(f"unknown regime {regime!r}; choose from {', '.join(REGIMES)}")
 
 
@@ -86,14 +102,17 @@ def relabeled_name(dataset: str) -> str:
   """`<dataset>-relabeled`, checked to be a relabeled training taxonomy."""
   name = f"{dataset}-relabeled"
   if name not in taxonomy.RELABELED_TRAIN_DATASETS:
-    raise ValueError(f"relabeled evaluation takes the unrelabeled name of a training dataset "
-                     f"with a relabeled version ({', '.join(taxonomy.RELABELED_TRAIN_DATASETS)} "
-                     f"without '-relabeled'), not {dataset!r}")
+    raise ValueError(
+      f"relabeled evaluation takes the unrelabeled name of a training dataset "
+      f"with a relabeled version ({', '.join(taxonomy.RELABELED_TRAIN_DATASETS)} "
+      f"without '-relabeled'), not {dataset!r}"
+    )
   return name
 
 
-def read_records(data_root, dataset: str, roots=None,
-                 lists_dir=None) -> tuple[Path, list[tuple[Path, Path]]]:
+def read_records(
+  data_root, dataset: str, roots=None, lists_dir=None
+) -> tuple[Path, list[tuple[Path, Path]]]:
   """The val list file of `dataset` and its (image, label) paths."""
   list_file = catalog.list_path(data_root, dataset, "val", roots, lists_dir)
   records = sources.read_list(list_file, catalog.dataset_root(data_root, dataset, roots))
@@ -132,8 +151,15 @@ def _fingerprint(variables) -> str:
   return digest.hexdigest()[:16]
 
 
-def _save_prediction(save_dir: Path, stem: str, image: np.ndarray, pred: np.ndarray,
-                     names: list[str], gray: bool, overlay: bool) -> None:
+def _save_prediction(
+  save_dir: Path,
+  stem: str,
+  image: np.ndarray,
+  pred: np.ndarray,
+  names: list[str],
+  gray: bool,
+  overlay: bool,
+) -> None:
   if gray:
     cv2.imwrite(str(save_dir / "gray" / f"{stem}.png"), pred)
   if overlay:
@@ -141,12 +167,27 @@ def _save_prediction(save_dir: Path, stem: str, image: np.ndarray, pred: np.ndar
     cv2.imwrite(str(save_dir / "overlay" / f"{stem}.jpg"), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
 
 
-def evaluate_dataset(model, variables, dataset: str, data_root, *, roots=None,
-                     base_size: int = 360, scales=(1.0,), crop: int = 713,
-                     regime: str = "zero_shot", batch_size: int = 8, save_dir=None,
-                     dtype=jnp.float32, limit: int | None = None,
-                     save_predictions: bool = False, save_overlays: bool = False,
-                     model_name: str = "", lists_dir=None, relabeled: bool = False) -> dict:
+def evaluate_dataset(
+  model,
+  variables,
+  dataset: str,
+  data_root,
+  *,
+  roots=None,
+  base_size: int = 360,
+  scales=(1.0,),
+  crop: int = 713,
+  regime: str = "zero_shot",
+  batch_size: int = 8,
+  save_dir=None,
+  dtype=jnp.float32,
+  limit: int | None = None,
+  save_predictions: bool = False,
+  save_overlays: bool = False,
+  model_name: str = "",
+  lists_dir=None,
+  relabeled: bool = False,
+) -> dict:
   """mIoU etc. of `model` on `dataset`'s list/val.txt (JSON-able dict).
 
   `lists_dir` reads the list from `<lists_dir>/<dataset>/list/val.txt` (catalog.list_path).
@@ -172,23 +213,34 @@ def evaluate_dataset(model, variables, dataset: str, data_root, *, roots=None,
     relabeled_dataset = relabeled_name(dataset)
     relabeled_classes = len(taxonomy.class_names(relabeled_dataset))
     relabeled_lut = jnp.asarray(taxonomy.to_universal_lut(relabeled_dataset))
-    relabeled_file, relabeled_records = read_records(data_root, relabeled_dataset, roots,
-                                                     lists_dir)
+    relabeled_file, relabeled_records = read_records(data_root, relabeled_dataset, roots, lists_dir)
     if len(relabeled_records) != len(records):
-      raise ValueError(f"{relabeled_file} has {len(relabeled_records)} lines, {list_file} "
-                       f"{len(records)}; line i of both must be the same image")
+      raise ValueError(
+        f"{relabeled_file} has {len(relabeled_records)} lines, {list_file} "
+        f"{len(records)}; line i of both must be the same image"
+      )
     for (image_path, _), (relabeled_image, _) in zip(records, relabeled_records, strict=True):
       if image_path.name != relabeled_image.name:
-        raise ValueError(f"{relabeled_file}: {relabeled_image.name} is not {image_path.name}, "
-                         f"the image of the same line of {list_file}")
+        raise ValueError(
+          f"{relabeled_file}: {relabeled_image.name} is not {image_path.name}, "
+          f"the image of the same line of {list_file}"
+        )
     relabeled_labels = [label_path for _, label_path in relabeled_records]
   if limit is not None:
     records, relabeled_labels = records[:limit], relabeled_labels[:limit]
-  settings = {"dataset": dataset, "regime": regime, "relabeled": bool(relabeled),
-              "base_size": int(base_size), "scales": [float(s) for s in scales],
-              "crop": int(crop), "split": "val",
-              "num_images": len(records), "model": model_name,
-              "model_fingerprint": _fingerprint(variables), "dtype": jnp.dtype(dtype).name}
+  settings = {
+    "dataset": dataset,
+    "regime": regime,
+    "relabeled": bool(relabeled),
+    "base_size": int(base_size),
+    "scales": [float(s) for s in scales],
+    "crop": int(crop),
+    "split": "val",
+    "num_images": len(records),
+    "model": model_name,
+    "model_fingerprint": _fingerprint(variables),
+    "dtype": jnp.dtype(dtype).name,
+  }
 
   save_dir = None if save_dir is None else Path(save_dir)
   done, initial = 0, None
@@ -208,9 +260,16 @@ def evaluate_dataset(model, variables, dataset: str, data_root, *, roots=None,
       if wanted:
         (save_dir / sub).mkdir(exist_ok=True)
 
-  predictor = inference.Predictor(model, variables, base_size=base_size, scales=scales,
-                                  crop=crop, projection=setup["projection"],
-                                  batch_size=batch_size, dtype=dtype)
+  predictor = inference.Predictor(
+    model,
+    variables,
+    base_size=base_size,
+    scales=scales,
+    crop=crop,
+    projection=setup["projection"],
+    batch_size=batch_size,
+    dtype=dtype,
+  )
   accumulator = metrics.ConfusionAccumulator(len(names), initial)
   lut = None if setup["lut"] is None else jnp.asarray(setup["lut"])
 
@@ -230,8 +289,9 @@ def evaluate_dataset(model, variables, dataset: str, data_root, *, roots=None,
     tmp.replace(save_dir / "partial.npz")
 
   last_save, processed = time.monotonic(), done
-  bar = tqdm.tqdm(total=len(records), initial=done, desc=f"{dataset} {base_size}",
-                  unit="img", dynamic_ncols=True)
+  bar = tqdm.tqdm(
+    total=len(records), initial=done, desc=f"{dataset} {base_size}", unit="img", dynamic_ncols=True
+  )
   try:
     pairs = list(zip(records, relabeled_labels, strict=True))[done:]
     for image_path, image, label, label_relabeled in _prefetched(load, pairs):
@@ -246,8 +306,15 @@ def evaluate_dataset(model, variables, dataset: str, data_root, *, roots=None,
         accumulator.update(*metrics.relabeled_reward_penalty(pred, target, target_relabeled))
       processed += 1
       if save_predictions or save_overlays:
-        _save_prediction(save_dir, prediction_stem(image_path, dataset), image,
-                         np.asarray(pred), names, save_predictions, save_overlays)
+        _save_prediction(
+          save_dir,
+          prediction_stem(image_path, dataset),
+          image,
+          np.asarray(pred),
+          names,
+          save_predictions,
+          save_overlays,
+        )
       bar.update()
       if save_dir is not None and time.monotonic() - last_save > SAVE_EVERY_S:
         save_partial(processed)
@@ -260,8 +327,12 @@ def evaluate_dataset(model, variables, dataset: str, data_root, *, roots=None,
     bar.close()
 
   confusion = accumulator.result()
-  result = dict(settings, class_names=names, excluded_ids=setup["excluded"],
-                **metrics.scores(confusion, setup["excluded"]))
+  result = dict(
+    settings,
+    class_names=names,
+    excluded_ids=setup["excluded"],
+    **metrics.scores(confusion, setup["excluded"]),
+  )
   if save_dir is not None:
     np.save(save_dir / "confusion.npy", confusion)
     (save_dir / "classes.md").write_text(metrics.class_iou_table(result))
@@ -278,11 +349,15 @@ def collect(out_dir: Path) -> list[dict]:
 def write_report(results: list[dict], out_dir: Path) -> str:
   """results.json ({"paper": paper-layout rows, "results": every evaluation}) and results.md
   (paper table, one row per evaluation, per-class IoU tables); returns the markdown."""
-  text = ("## mIoU (x100), paper layout, best of base sizes\n\n" + metrics.markdown_table(results)
-          + "\n## Per evaluation\n\nmIoU is the official mean over all classes (absent = 0); "
-          "'present classes' averages only the classes in the ground truth or prediction.\n\n"
-          + metrics.dataset_table(results) + "\n## Per-class IoU\n\n"
-          + "\n".join(metrics.class_iou_table(r) for r in results))
+  text = (
+    "## mIoU (x100), paper layout, best of base sizes\n\n"
+    + metrics.markdown_table(results)
+    + "\n## Per evaluation\n\nmIoU is the official mean over all classes (absent = 0); "
+    "'present classes' averages only the classes in the ground truth or prediction.\n\n"
+    + metrics.dataset_table(results)
+    + "\n## Per-class IoU\n\n"
+    + "\n".join(metrics.class_iou_table(r) for r in results)
+  )
   summary = {"paper": metrics.paper_rows(results), "results": results}
   (out_dir / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
   (out_dir / "results.md").write_text(text)
@@ -294,23 +369,42 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--checkpoint", required=True, help="model dir (models.save_checkpoint)")
   parser.add_argument("--dataset", required=True, help="comma-separated dataset names")
   parser.add_argument("--data-root", required=True, help="root of the mseg_dataset folders")
-  parser.add_argument("--root", action="append", default=[], metavar="NAME=PATH",
-                      help="dataset root override (absolute or relative to --data-root)")
-  parser.add_argument("--base-size", type=int, nargs="+", default=[360],
-                      help="one or more of 360 720 1080 (the table takes the best)")
+  parser.add_argument(
+    "--root",
+    action="append",
+    default=[],
+    metavar="NAME=PATH",
+    help="dataset root override (absolute or relative to --data-root)",
+  )
+  parser.add_argument(
+    "--base-size",
+    type=int,
+    nargs="+",
+    default=[360],
+    help="one or more of 360 720 1080 (the table takes the best)",
+  )
   parser.add_argument("--scales", choices=("ss", "ms"), default="ss")
   parser.add_argument("--crop", type=int, default=713)
   parser.add_argument("--regime", choices=REGIMES, default="zero_shot")
-  parser.add_argument("--relabeled", action="store_true",
-                      help="training regime, model trained on relabeled data: score against "
-                           "<dataset>-relabeled's labels with the official reward/penalty rule "
-                           "(--dataset names the unrelabeled datasets)")
-  parser.add_argument("--lists-dir",
-                      help="read <lists dir>/<dataset>/list/val.txt (mseg-api's "
-                           "mseg/dataset_lists) instead of <dataset root>/list/val.txt")
+  parser.add_argument(
+    "--relabeled",
+    action="store_true",
+    help="training regime, model trained on relabeled data: score against "
+    "<dataset>-relabeled's labels with the official reward/penalty rule "
+    "(--dataset names the unrelabeled datasets)",
+  )
+  parser.add_argument(
+    "--lists-dir",
+    help="read <lists dir>/<dataset>/list/val.txt (mseg-api's "
+    "mseg/dataset_lists) instead of <dataset root>/list/val.txt",
+  )
   parser.add_argument("--out-dir", help="default: <checkpoint>/eval")
-  parser.add_argument("--batch-size", type=int, default=None,
-                      help="windows per network call (default 8 on GPU/TPU, 2 on CPU)")
+  parser.add_argument(
+    "--batch-size",
+    type=int,
+    default=None,
+    help="windows per network call (default 8 on GPU/TPU, 2 on CPU)",
+  )
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   parser.add_argument("--limit", type=int, help="evaluate only the first N images")
   parser.add_argument("--save-predictions", action="store_true", help="gray/<stem>.png")
@@ -328,15 +422,30 @@ def main(argv: list[str] | None = None) -> None:
   for dataset in args.dataset.split(","):
     for base_size in args.base_size:
       result = evaluate_dataset(
-        model, variables, dataset, args.data_root, roots=roots, base_size=base_size,
-        scales=inference.scales_from_name(args.scales), crop=args.crop, regime=args.regime,
-        batch_size=batch_size, save_dir=out_dir / dataset / str(base_size) / run_name,
-        dtype=jnp.dtype(args.dtype), limit=args.limit, save_predictions=args.save_predictions,
-        save_overlays=args.save_overlays, model_name=model_name, lists_dir=args.lists_dir,
-        relabeled=args.relabeled)
-      print(f"{dataset} base {base_size} {run_name}: mIoU {100 * result['miou']:.2f} "
-            f"(present classes {100 * result['miou_present']:.2f}), "
-            f"pixel acc {100 * result['pixel_acc']:.2f}")
+        model,
+        variables,
+        dataset,
+        args.data_root,
+        roots=roots,
+        base_size=base_size,
+        scales=inference.scales_from_name(args.scales),
+        crop=args.crop,
+        regime=args.regime,
+        batch_size=batch_size,
+        save_dir=out_dir / dataset / str(base_size) / run_name,
+        dtype=jnp.dtype(args.dtype),
+        limit=args.limit,
+        save_predictions=args.save_predictions,
+        save_overlays=args.save_overlays,
+        model_name=model_name,
+        lists_dir=args.lists_dir,
+        relabeled=args.relabeled,
+      )
+      print(
+        f"{dataset} base {base_size} {run_name}: mIoU {100 * result['miou']:.2f} "
+        f"(present classes {100 * result['miou_present']:.2f}), "
+        f"pixel acc {100 * result['pixel_acc']:.2f}"
+      )
   print(write_report(collect(out_dir), out_dir).split("\n## Per-class")[0])
 
 

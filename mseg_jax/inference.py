@@ -33,7 +33,7 @@ STRIDE_RATE = 2 / 3
 
 
 def scales_from_name(name: str) -> tuple[float, ...]:
-  """"ss" -> (1.0,), "ms" -> the official multi-scale list."""
+  """ "ss" -> (1.0,), "ms" -> the official multi-scale list."""
   if name not in ("ss", "ms"):
     raise ValueError(f"scales must be 'ss' or 'ms', got {name!r}")
   return SINGLE_SCALE if name == "ss" else MULTI_SCALE
@@ -81,12 +81,13 @@ def window_counts(layout: Layout) -> np.ndarray:
   """float32 (padded_height, padded_width): how many windows cover each pixel."""
   counts = np.zeros((layout.padded_height, layout.padded_width), np.float32)
   for y, x in layout.starts:
-    counts[y:y + layout.crop, x:x + layout.crop] += 1
+    counts[y : y + layout.crop, x : x + layout.crop] += 1
   return counts
 
 
-def net_process(apply_fn: Callable, variables, images: jax.Array,
-                projection: jax.Array | None = None) -> jax.Array:
+def net_process(
+  apply_fn: Callable, variables, images: jax.Array, projection: jax.Array | None = None
+) -> jax.Array:
   """Official `net_process` with flip: (B, h, w, 3) normalized -> (B, h, w, K) probabilities.
 
   The crops and their horizontal flips run as one batch; softmax over the model classes, then
@@ -105,8 +106,9 @@ def net_process(apply_fn: Callable, variables, images: jax.Array,
 @functools.lru_cache(maxsize=8)
 def compiled_net(model) -> Callable:
   """jit(net_process) of a model, shared by equal models so a new Predictor recompiles nothing."""
-  return jax.jit(functools.partial(net_process, model.apply),
-                 compiler_options=models.compiler_options())
+  return jax.jit(
+    functools.partial(net_process, model.apply), compiler_options=models.compiler_options()
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("layout", "batch"))
@@ -115,18 +117,24 @@ def _windows(image: jax.Array, layout: Layout, batch: int) -> jax.Array:
 
   Padding after normalization with 0 equals the official mean-colour padding before it."""
   x = normalize(image)
-  x = jnp.pad(x, ((layout.pad_top, layout.padded_height - layout.height - layout.pad_top),
-                  (layout.pad_left, layout.padded_width - layout.width - layout.pad_left),
-                  (0, 0)))
+  x = jnp.pad(
+    x,
+    (
+      (layout.pad_top, layout.padded_height - layout.height - layout.pad_top),
+      (layout.pad_left, layout.padded_width - layout.width - layout.pad_left),
+      (0, 0),
+    ),
+  )
   c = layout.crop
-  crops = [x[y:y + c, s:s + c] for y, s in layout.starts]
+  crops = [x[y : y + c, s : s + c] for y, s in layout.starts]
   crops += [jnp.zeros_like(crops[0])] * (-len(crops) % batch)
   return jnp.stack(crops)
 
 
 @functools.partial(jax.jit, donate_argnums=0)
-def _accumulate(total: jax.Array, probs: jax.Array, starts: jax.Array,
-                valid: jax.Array) -> jax.Array:
+def _accumulate(
+  total: jax.Array, probs: jax.Array, starts: jax.Array, valid: jax.Array
+) -> jax.Array:
   """Adds window probabilities (b, c, c, K) at `starts` (b, 2) into total, where valid (b,)."""
   c, k = probs.shape[1], probs.shape[3]
   for i in range(probs.shape[0]):
@@ -138,12 +146,15 @@ def _accumulate(total: jax.Array, probs: jax.Array, starts: jax.Array,
 
 
 @functools.partial(jax.jit, static_argnames=("layout", "out_hw"))
-def _finish_scale(total: jax.Array, counts: jax.Array, layout: Layout,
-                  out_hw: tuple[int, int]) -> jax.Array:
+def _finish_scale(
+  total: jax.Array, counts: jax.Array, layout: Layout, out_hw: tuple[int, int]
+) -> jax.Array:
   """Window average, padding removed, resized to the raw size (cv2 INTER_LINEAR semantics)."""
   probs = total / counts[..., None]
-  probs = probs[layout.pad_top:layout.pad_top + layout.height,
-                layout.pad_left:layout.pad_left + layout.width]
+  probs = probs[
+    layout.pad_top : layout.pad_top + layout.height,
+    layout.pad_left : layout.pad_left + layout.width,
+  ]
   if (layout.height, layout.width) != tuple(out_hw):
     probs = models.resize_bilinear(probs[None], out_hw, align_corners=False)[0]
   return probs
@@ -168,9 +179,11 @@ def output_projection(num_model_classes: int, eval_taxonomy: str) -> np.ndarray 
     return None
   if num_model_classes == taxonomy.NUM_UNIVERSAL:
     return taxonomy.projection_matrix(eval_taxonomy)
-  raise ValueError(f"a model with {num_model_classes} classes can't be evaluated in "
-                   f"{eval_taxonomy!r} ({num_eval} classes): it is neither universal "
-                   f"({taxonomy.NUM_UNIVERSAL}) nor trained on that taxonomy")
+  raise ValueError(
+    f"a model with {num_model_classes} classes can't be evaluated in "
+    f"{eval_taxonomy!r} ({num_eval} classes): it is neither universal "
+    f"({taxonomy.NUM_UNIVERSAL}) nor trained on that taxonomy"
+  )
 
 
 class Predictor:
@@ -181,10 +194,18 @@ class Predictor:
   `batch_size` windows (plus their flips: 2x the network batch) run per network call.
   """
 
-  def __init__(self, model, variables, *, base_size: int = 360,
-               scales: Sequence[float] = SINGLE_SCALE, crop: int = 713,
-               projection: np.ndarray | None = None, batch_size: int = 8,
-               dtype=jnp.float32):
+  def __init__(
+    self,
+    model,
+    variables,
+    *,
+    base_size: int = 360,
+    scales: Sequence[float] = SINGLE_SCALE,
+    crop: int = 713,
+    projection: np.ndarray | None = None,
+    batch_size: int = 8,
+    dtype=jnp.float32,
+  ):
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if isinstance(model, models.HRNet) and not model.bn_folded:
@@ -219,11 +240,10 @@ class Predictor:
     valid = np.arange(len(windows)) < n
     total = None
     for i in range(0, len(windows), b):
-      probs = self.net(self.variables, windows[i:i + b], self.projection)
+      probs = self.net(self.variables, windows[i : i + b], self.projection)
       if total is None:
-        total = jnp.zeros((layout.padded_height, layout.padded_width, probs.shape[-1]),
-                          jnp.float32)
-      total = _accumulate(total, probs, starts[i:i + b], valid[i:i + b])
+        total = jnp.zeros((layout.padded_height, layout.padded_width, probs.shape[-1]), jnp.float32)
+      total = _accumulate(total, probs, starts[i : i + b], valid[i : i + b])
     return _finish_scale(total, self._counts_for(layout), layout, (raw_h, raw_w))
 
   def probs(self, image: np.ndarray) -> tuple[jax.Array, jax.Array]:

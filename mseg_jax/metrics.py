@@ -31,8 +31,15 @@ PAPER_DATASETS = {
 }
 # Datasets the harmonic mean runs over, per regime (collect_results.py); "training+relabeled"
 # is the training regime scored with `relabeled_reward_penalty`.
-_TRAINING = ("ade20k-150", "bdd", "cityscapes-19", "coco-panoptic-133", "idd-39",
-             "mapillary-public65", "sunrgbd-37")
+_TRAINING = (
+  "ade20k-150",
+  "bdd",
+  "cityscapes-19",
+  "coco-panoptic-133",
+  "idd-39",
+  "mapillary-public65",
+  "sunrgbd-37",
+)
 HMEAN_DATASETS = {
   "zero_shot": tuple(PAPER_DATASETS),
   "oracle": ("voc2012", "pascal-context-60", "camvid-11", "kitti-19", "scannet-20"),
@@ -54,8 +61,9 @@ def confusion_matrix(pred: jax.Array, target: jax.Array, num_classes: int) -> ja
 
 
 @jax.jit
-def relabeled_reward_penalty(pred: jax.Array, target: jax.Array,
-                             target_relabeled: jax.Array) -> tuple[jax.Array, jax.Array]:
+def relabeled_reward_penalty(
+  pred: jax.Array, target: jax.Array, target_relabeled: jax.Array
+) -> tuple[jax.Array, jax.Array]:
   """A relabeled model's universal prediction scored against unrelabeled ground truth, as
   `eval_rel_model_pred_on_unrel_data` (mseg_semantic/tool/relabeled_eval_utils.py) does.
 
@@ -210,13 +218,32 @@ def markdown_table(results: Sequence[dict], resolution: str | int = "max") -> st
 def dataset_table(results: Sequence[dict]) -> str:
   """One row per evaluation: dataset, base size, scales, mIoU (official: all classes),
   mIoU over the classes present, mean class accuracy and pixel accuracy (x100)."""
-  header = ["dataset", "regime", "base size", "scales", "crop", "images", "mIoU",
-            "mIoU (present classes)", "mAcc", "pixel acc"]
+  header = [
+    "dataset",
+    "regime",
+    "base size",
+    "scales",
+    "crop",
+    "images",
+    "mIoU",
+    "mIoU (present classes)",
+    "mAcc",
+    "pixel acc",
+  ]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for r in results:
-    cells = [r["dataset"], _regime_label(r) or "—", str(r.get("base_size", "—")), _scales_label(r),
-             str(r.get("crop", "—")), str(r.get("num_images", "—")), _percent(r["miou"]),
-             _percent(r["miou_present"]), _percent(r.get("macc")), _percent(r["pixel_acc"])]
+    cells = [
+      r["dataset"],
+      _regime_label(r) or "—",
+      str(r.get("base_size", "—")),
+      _scales_label(r),
+      str(r.get("crop", "—")),
+      str(r.get("num_images", "—")),
+      _percent(r["miou"]),
+      _percent(r["miou_present"]),
+      _percent(r.get("macc")),
+      _percent(r["pixel_acc"]),
+    ]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
@@ -225,11 +252,15 @@ def class_iou_table(result: dict) -> str:
   """Per-class IoU and accuracy (x100) of one evaluation; excluded classes are marked."""
   excluded = set(result.get("excluded_ids", ()))
   present = result.get("present", [True] * len(result["iou"]))
-  lines = [f"#### {result['dataset']} (base size {result.get('base_size', '—')}, "
-           f"{_scales_label(result)})", "",
-           "| id | class | IoU | acc | note |", "|---|---|---|---|---|"]
-  for i, (name, iou, acc) in enumerate(zip(result["class_names"], result["iou"], result["acc"],
-                                           strict=True)):
+  lines = [
+    f"#### {result['dataset']} (base size {result.get('base_size', '—')}, {_scales_label(result)})",
+    "",
+    "| id | class | IoU | acc | note |",
+    "|---|---|---|---|---|",
+  ]
+  for i, (name, iou, acc) in enumerate(
+    zip(result["class_names"], result["iou"], result["acc"], strict=True)
+  ):
     note = "excluded" if i in excluded else ("" if present[i] else "absent")
     lines.append(f"| {i} | {name} | {_percent(iou)} | {_percent(acc)} | {note} |")
   return "\n".join(lines) + "\n"

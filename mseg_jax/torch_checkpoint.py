@@ -22,17 +22,17 @@ LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 
 _STORAGE_DTYPES = {
-    "DoubleStorage": np.float64,
-    "FloatStorage": np.float32,
-    "HalfStorage": np.float16,
-    "BFloat16Storage": ml_dtypes.bfloat16,
-    "LongStorage": np.int64,
-    "IntStorage": np.int32,
-    "ShortStorage": np.int16,
-    "CharStorage": np.int8,
-    "ByteStorage": np.uint8,
-    "UntypedStorage": np.uint8,
-    "BoolStorage": np.bool_,
+  "DoubleStorage": np.float64,
+  "FloatStorage": np.float32,
+  "HalfStorage": np.float16,
+  "BFloat16Storage": ml_dtypes.bfloat16,
+  "LongStorage": np.int64,
+  "IntStorage": np.int32,
+  "ShortStorage": np.int16,
+  "CharStorage": np.int8,
+  "ByteStorage": np.uint8,
+  "UntypedStorage": np.uint8,
+  "BoolStorage": np.bool_,
 }
 
 
@@ -72,10 +72,10 @@ def _rebuild_parameter(data, *unused_args):
 
 
 _ALLOWED = {
-    ("collections", "OrderedDict"): OrderedDict,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+  ("collections", "OrderedDict"): OrderedDict,
+  ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+  ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+  ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
 } | {("torch", name): _StorageType(dtype) for name, dtype in _STORAGE_DTYPES.items()}
 
 
@@ -90,14 +90,19 @@ class _Unpickler(pickle.Unpickler):
   def find_class(self, module: str, name: str):
     if (module, name) not in _ALLOWED:
       raise UnsafeCheckpointError(
-          f"{self.path}: refusing to load the global '{module}.{name}': a checkpoint may only "
-          "hold tensors, dicts, lists and numbers (allowed globals: "
-          f"{', '.join(sorted('.'.join(k) for k in _ALLOWED))})")
+        f"{self.path}: refusing to load the global '{module}.{name}': a checkpoint may only "
+        "hold tensors, dicts, lists and numbers (allowed globals: "
+        f"{', '.join(sorted('.'.join(k) for k in _ALLOWED))})"
+      )
     return _ALLOWED[module, name]
 
   def persistent_load(self, pid):
-    if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"
-            and isinstance(pid[1], _StorageType)):
+    if not (
+      isinstance(pid, tuple)
+      and len(pid) >= 5
+      and pid[0] == "storage"
+      and isinstance(pid[1], _StorageType)
+    ):
       raise pickle.UnpicklingError(f"{self.path}: unsupported persistent id {pid!r:.200}")
     if len(pid) > 5 and pid[5] is not None:
       raise pickle.UnpicklingError(f"{self.path}: storage views (pre-1.0 torch) are unsupported")
@@ -114,10 +119,12 @@ def _materialize(obj, arrays: dict[str, np.ndarray], path: Path):
       return np.array(data[obj.offset])
     extent = obj.offset + sum((n - 1) * s for n, s in zip(obj.shape, obj.stride, strict=True))
     if min(obj.shape) > 0 and extent >= data.size:
-      raise pickle.UnpicklingError(f"{path}: a tensor reads past the end of storage "
-                                   f"{obj.storage.key}")
+      raise pickle.UnpicklingError(
+        f"{path}: a tensor reads past the end of storage {obj.storage.key}"
+      )
     view = np.lib.stride_tricks.as_strided(
-        data[obj.offset:], obj.shape, [s * data.itemsize for s in obj.stride], writeable=False)
+      data[obj.offset :], obj.shape, [s * data.itemsize for s in obj.stride], writeable=False
+    )
     return np.array(view)
   if isinstance(obj, dict):
     out = type(obj)() if isinstance(obj, OrderedDict) else {}

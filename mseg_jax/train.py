@@ -57,8 +57,10 @@ def train_datasets(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   relabeled = tuple(n if n.endswith("-relabeled") else f"{n}-relabeled" for n in names)
   missing = [n for n in relabeled if n not in taxonomy.RELABELED_TRAIN_DATASETS]
   if missing:
-    raise ValueError(f"config.data.relabeled: no relabeled version of {missing}; "
-                     f"known: {taxonomy.RELABELED_TRAIN_DATASETS}")
+    raise ValueError(
+      f"config.data.relabeled: no relabeled version of {missing}; "
+      f"known: {taxonomy.RELABELED_TRAIN_DATASETS}"
+    )
   return relabeled
 
 
@@ -66,8 +68,10 @@ def dataset_shares(config: ml_collections.ConfigDict) -> tuple[int, ...]:
   """Crops per dataset in one global batch: `batch_size` split evenly over the datasets."""
   n = len(config.data.datasets)
   if config.batch_size % n:
-    raise ValueError(f"config.batch_size={config.batch_size} does not split evenly over "
-                     f"{n} datasets {tuple(config.data.datasets)}")
+    raise ValueError(
+      f"config.batch_size={config.batch_size} does not split evenly over "
+      f"{n} datasets {tuple(config.data.datasets)}"
+    )
   return (config.batch_size // n,) * n
 
 
@@ -83,8 +87,10 @@ def label_luts(config: ml_collections.ConfigDict, datasets: tuple[str, ...]) -> 
   if config.data.universal:
     return taxonomy.stacked_luts(datasets)
   if len(datasets) != 1:
-    raise ValueError(f"config.data.universal=False trains in one dataset's own taxonomy, "
-                     f"got {len(datasets)} datasets {datasets}")
+    raise ValueError(
+      f"config.data.universal=False trains in one dataset's own taxonomy, "
+      f"got {len(datasets)} datasets {datasets}"
+    )
   return np.arange(256, dtype=np.uint8)[None]
 
 
@@ -106,13 +112,13 @@ def resolved_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The config as run: every field, plus the values derived from them."""
   datasets = train_datasets(config)
   return {
-      **config.to_dict(),
-      "derived": {
-          "train_datasets": list(datasets),
-          "shares": list(dataset_shares(config)),
-          "total_steps": total_steps(config),
-          "model": model_config(config, num_classes(config, datasets)).to_dict(),
-      },
+    **config.to_dict(),
+    "derived": {
+      "train_datasets": list(datasets),
+      "shares": list(dataset_shares(config)),
+      "total_steps": total_steps(config),
+      "model": model_config(config, num_classes(config, datasets)).to_dict(),
+    },
   }
 
 
@@ -133,17 +139,20 @@ def poly_schedule(base_lr: float, max_iter: int, power: float) -> optax.Schedule
   return schedule
 
 
-def create_optimizer(optim: ml_collections.ConfigDict,
-                     max_iter: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def create_optimizer(
+  optim: ml_collections.ConfigDict, max_iter: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """torch SGD: weight decay added to the gradient before momentum, on all parameters."""
   schedule = poly_schedule(optim.base_lr, max_iter, optim.power)
-  tx = optax.chain(optax.add_decayed_weights(optim.weight_decay),
-                   optax.sgd(schedule, momentum=optim.momentum))
+  tx = optax.chain(
+    optax.add_decayed_weights(optim.weight_decay), optax.sgd(schedule, momentum=optim.momentum)
+  )
   return tx, schedule
 
 
-def multi_dataset_loss(logits: jax.Array, labels: jax.Array, dataset: jax.Array,
-                       num_datasets: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+def multi_dataset_loss(
+  logits: jax.Array, labels: jax.Array, dataset: jax.Array, num_datasets: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Cross entropy (ignore 255) per dataset, averaged over the datasets with valid pixels.
 
   Each dataset's loss is the mean over the valid pixels of its crops (the loss of one official
@@ -165,8 +174,7 @@ def multi_dataset_loss(logits: jax.Array, labels: jax.Array, dataset: jax.Array,
   picked = jnp.take_along_axis(logits, target[..., None], axis=-1)[..., 0]
   pixel_loss = jnp.where(valid, jax.nn.logsumexp(logits, axis=-1) - picked, 0.0)
   sums = jax.ops.segment_sum(pixel_loss.sum(axis=(1, 2)), dataset, num_datasets)
-  counts = jax.ops.segment_sum(valid.sum(axis=(1, 2), dtype=jnp.float32), dataset,
-                               num_datasets)
+  counts = jax.ops.segment_sum(valid.sum(axis=(1, 2), dtype=jnp.float32), dataset, num_datasets)
   present = counts > 0
   per_dataset = jnp.where(present, sums / jnp.maximum(counts, 1.0), 0.0)
   loss = per_dataset.sum() / jnp.maximum(present.sum(), 1)
@@ -177,57 +185,81 @@ def forward_loss(params, batch_stats, batch: Batch, *, model: models.HRNet, luts
   """Train-mode forward and loss. Returns (loss, (new batch_stats, per-dataset loss))."""
   images = normalize(batch["image"], model.dtype)
   labels = taxonomy.remap_labels(batch["label"], luts, batch["dataset"])
-  logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, images,
-                                train=True, mutable=["batch_stats"])
+  logits, updates = model.apply(
+    {"params": params, "batch_stats": batch_stats}, images, train=True, mutable=["batch_stats"]
+  )
   loss, per_dataset, _ = multi_dataset_loss(logits, labels, batch["dataset"], luts.shape[0])
   return loss, (updates["batch_stats"], per_dataset)
 
 
-def apply_gradients(state: State, grads, batch_stats, *,
-                    tx: optax.GradientTransformation) -> State:
+def apply_gradients(state: State, grads, batch_stats, *, tx: optax.GradientTransformation) -> State:
   """The SGD update of `state` with `grads`; `batch_stats` from the forward that made them."""
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-  return {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
-          "batch_stats": batch_stats, "opt_state": opt_state}
+  return {
+    "step": state["step"] + 1,
+    "params": optax.apply_updates(state["params"], updates),
+    "batch_stats": batch_stats,
+    "opt_state": opt_state,
+  }
 
 
-def train_step(state: State, batch: Batch, *, model: models.HRNet, luts: np.ndarray,
-               tx: optax.GradientTransformation,
-               schedule: optax.Schedule) -> tuple[State, dict[str, jax.Array]]:
+def train_step(
+  state: State,
+  batch: Batch,
+  *,
+  model: models.HRNet,
+  luts: np.ndarray,
+  tx: optax.GradientTransformation,
+  schedule: optax.Schedule,
+) -> tuple[State, dict[str, jax.Array]]:
   """One SGD step on a global batch. Pure; jit it with the state donated."""
-  grad_fn = jax.value_and_grad(functools.partial(forward_loss, model=model, luts=luts),
-                               has_aux=True)
-  (loss, (batch_stats, per_dataset)), grads = grad_fn(state["params"], state["batch_stats"],
-                                                      batch)
-  metrics = {"loss": loss, "dataset_loss": per_dataset, "lr": schedule(state["step"]),
-             "grad_norm": optax.tree.norm(grads)}
+  grad_fn = jax.value_and_grad(
+    functools.partial(forward_loss, model=model, luts=luts), has_aux=True
+  )
+  (loss, (batch_stats, per_dataset)), grads = grad_fn(state["params"], state["batch_stats"], batch)
+  metrics = {
+    "loss": loss,
+    "dataset_loss": per_dataset,
+    "lr": schedule(state["step"]),
+    "grad_norm": optax.tree.norm(grads),
+  }
   return apply_gradients(state, grads, batch_stats, tx=tx), metrics
 
 
-def init_state(model: models.HRNet, tx: optax.GradientTransformation, rng: jax.Array,
-               variables: Mapping[str, Any] | None = None) -> State:
+def init_state(
+  model: models.HRNet,
+  tx: optax.GradientTransformation,
+  rng: jax.Array,
+  variables: Mapping[str, Any] | None = None,
+) -> State:
   """A fresh state: `variables` (numpy/jax) if given, else `model.init`."""
   if variables is None:
     variables = model.init(rng, jnp.zeros((1, 33, 33, 3), jnp.float32), train=False)
   params, batch_stats = variables["params"], variables["batch_stats"]
-  return {"step": jnp.zeros((), jnp.int32), "params": params, "batch_stats": batch_stats,
-          "opt_state": tx.init(params)}
+  return {
+    "step": jnp.zeros((), jnp.int32),
+    "params": params,
+    "batch_stats": batch_stats,
+    "opt_state": tx.init(params),
+  }
 
 
 # ---------------------------------------------------------------------------------------------
 # Initialization from converted checkpoints.
 
 
-def merge_pretrained(variables: dict, pretrained: dict, *, strict: bool,
-                     source: str) -> tuple[dict, list[str]]:
+def merge_pretrained(
+  variables: dict, pretrained: dict, *, strict: bool, source: str
+) -> tuple[dict, list[str]]:
   """Takes every array of `pretrained` whose path and shape match `variables`.
 
   strict: every array of `variables` must come from `pretrained` (fine-tuning); otherwise the
   unmatched ones keep their initial value (ImageNet backbone: the head stays random).
   Returns (merged variables, paths kept from the initialization).
   """
-  flat_pre = {jax.tree_util.keystr(k): v
-              for k, v in jax.tree_util.tree_flatten_with_path(pretrained)[0]}
+  flat_pre = {
+    jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(pretrained)[0]
+  }
   kept = []
 
   def pick(path, init):
@@ -244,25 +276,30 @@ def merge_pretrained(variables: dict, pretrained: dict, *, strict: bool,
   return jax.tree_util.tree_map_with_path(pick, variables), kept
 
 
-def initial_variables(config: ml_collections.ConfigDict, model: models.HRNet,
-                      rng: jax.Array) -> dict:
+def initial_variables(
+  config: ml_collections.ConfigDict, model: models.HRNet, rng: jax.Array
+) -> dict:
   """Random init, merged with `config.init.checkpoint` (kind "imagenet" or "finetune")."""
   variables = jax.device_get(
-      jax.jit(functools.partial(model.init, train=False))(
-          rng, jnp.zeros((1, 33, 33, 3), jnp.float32)))
+    jax.jit(functools.partial(model.init, train=False))(rng, jnp.zeros((1, 33, 33, 3), jnp.float32))
+  )
   if config.init.kind == "none":
     return variables
   if config.init.kind not in ("imagenet", "finetune"):
     raise ValueError(f"config.init.kind={config.init.kind!r}: use none, imagenet or finetune")
   if not config.init.checkpoint:
-    raise ValueError(f"config.init.kind={config.init.kind!r} needs config.init.checkpoint: a "
-                     "model directory from tools/convert_torch_weights.py (--backbone-only for "
-                     "ImageNet HRNet weights), or set --config.init.kind=none")
+    raise ValueError(
+      f"config.init.kind={config.init.kind!r} needs config.init.checkpoint: a "
+      "model directory from tools/convert_torch_weights.py (--backbone-only for "
+      "ImageNet HRNet weights), or set --config.init.kind=none"
+    )
   _, pretrained = models.load_checkpoint(config.init.checkpoint)
-  merged, kept = merge_pretrained(variables, pretrained, strict=config.init.kind == "finetune",
-                                  source=config.init.checkpoint)
-  note(f"Initialized from {config.init.checkpoint}; {len(kept)} arrays keep their random "
-       f"init: {kept}")
+  merged, kept = merge_pretrained(
+    variables, pretrained, strict=config.init.kind == "finetune", source=config.init.checkpoint
+  )
+  note(
+    f"Initialized from {config.init.checkpoint}; {len(kept)} arrays keep their random init: {kept}"
+  )
   return merged
 
 
@@ -277,14 +314,15 @@ def note(message: str) -> None:
 
 
 def make_mesh() -> jax.sharding.Mesh:
-  return jax.make_mesh((jax.device_count(),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def global_batch(host_batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> Batch:
   """This process's rows -> global arrays sharded on "data"."""
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in host_batch.items()}
+  return {
+    k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+    for k, v in host_batch.items()
+  }
 
 
 class _Preemption:
@@ -342,17 +380,19 @@ class _MetricsLog:
     steps = [s for s, _ in self._pending]
     for step, m in zip(steps, fetched, strict=True):
       if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
-        raise FloatingPointError(f"step {step}: loss {m['loss']}, gradient norm "
-                                 f"{m['grad_norm']}; stopping without saving this state")
+        raise FloatingPointError(
+          f"step {step}: loss {m['loss']}, gradient norm "
+          f"{m['grad_norm']}; stopping without saving this state"
+        )
     now = time.perf_counter()
     first = steps[0] - 1 if self._last_step is None else self._last_step
     summary = {
-        "step": steps[-1],
-        "loss": float(np.mean([m["loss"] for m in fetched])),
-        "lr": float(fetched[-1]["lr"]),
-        "grad_norm": float(fetched[-1]["grad_norm"]),
-        "dataset_loss": [float(x) for x in np.mean([m["dataset_loss"] for m in fetched], 0)],
-        "images_per_s": (steps[-1] - first) * self._batch / (now - self._last_time),
+      "step": steps[-1],
+      "loss": float(np.mean([m["loss"] for m in fetched])),
+      "lr": float(fetched[-1]["lr"]),
+      "grad_norm": float(fetched[-1]["grad_norm"]),
+      "dataset_loss": [float(x) for x in np.mean([m["dataset_loss"] for m in fetched], 0)],
+      "images_per_s": (steps[-1] - first) * self._batch / (now - self._last_time),
     }
     self._last_time, self._last_step = now, steps[-1]
     self._pending = []
@@ -374,8 +414,9 @@ class _MetricsLog:
       self._jsonl.close()
 
 
-def train(config: ml_collections.ConfigDict,
-          workdir: str | Path) -> tuple[models.HRNet, dict] | None:
+def train(
+  config: ml_collections.ConfigDict, workdir: str | Path
+) -> tuple[models.HRNet, dict] | None:
   """Trains (or resumes) in `workdir`; returns (fp32 model, variables), None if preempted.
 
   Writes workdir/{config.json, metrics.jsonl, tensorboard/, checkpoints/, model/}.
@@ -396,48 +437,77 @@ def train(config: ml_collections.ConfigDict,
   mesh = make_mesh()
   jax.set_mesh(mesh)
   if config.batch_size % jax.device_count():
-    raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the "
-                     f"{jax.device_count()} devices")
+    raise ValueError(
+      f"config.batch_size={config.batch_size} is not divisible by the {jax.device_count()} devices"
+    )
   replicated, data_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
 
   dataset = batching.train_dataset(
-      datasets, shares, data_root=config.data.data_root, roots=config.data.roots.to_dict() or None,
-      crop_size=config.data.crop_size, short_size=config.data.short_size, seed=config.seed,
-      num_workers=config.data.num_workers, process_index=jax.process_index(),
-      process_count=jax.process_count(), lists_dir=config.data.lists_dir)
+    datasets,
+    shares,
+    data_root=config.data.data_root,
+    roots=config.data.roots.to_dict() or None,
+    crop_size=config.data.crop_size,
+    short_size=config.data.short_size,
+    seed=config.seed,
+    num_workers=config.data.num_workers,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    lists_dir=config.data.lists_dir,
+  )
   data_iter = iter(dataset)
 
   rng = jax.random.key(config.seed)
-  options = ocp.CheckpointManagerOptions(max_to_keep=config.checkpoint.keep, create=True,
-                                         enable_async_checkpointing=True)
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=config.checkpoint.keep, create=True, enable_async_checkpointing=True
+  )
   manager = ocp.CheckpointManager((workdir / "checkpoints").absolute(), options=options)
   latest = manager.latest_step()
   if latest is None:
     state = jax.jit(functools.partial(init_state, model, tx), out_shardings=replicated)(
-        rng, initial_variables(config, model, rng))
+      rng, initial_variables(config, model, rng)
+    )
   else:
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                            jax.eval_shape(functools.partial(init_state, model, tx), rng))
-    restored = manager.restore(latest, args=ocp.args.Composite(
+    abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+      jax.eval_shape(functools.partial(init_state, model, tx), rng),
+    )
+    restored = manager.restore(
+      latest,
+      args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract),
-        data_iter=grain.checkpoint.CheckpointRestore(data_iter)))
+        data_iter=grain.checkpoint.CheckpointRestore(data_iter),
+      ),
+    )
     state = restored["state"]
     note(f"Resumed from {manager.directory} at step {latest}")
 
-  step_fn = jax.jit(functools.partial(train_step, model=model, luts=luts, tx=tx,
-                                      schedule=schedule),
-                    donate_argnums=0, out_shardings=replicated)
+  step_fn = jax.jit(
+    functools.partial(train_step, model=model, luts=luts, tx=tx, schedule=schedule),
+    donate_argnums=0,
+    out_shardings=replicated,
+  )
   log = _MetricsLog(workdir, config.batch_size)
 
   def save(step: int) -> None:
     log.flush()  # raises before a non-finite state can be saved
-    manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data_iter=grain.checkpoint.CheckpointSave(data_iter)))
+    manager.save(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data_iter=grain.checkpoint.CheckpointSave(data_iter)
+      ),
+    )
 
   start = int(state["step"])
   preempted = False
-  bar = tqdm.tqdm(total=steps, initial=start, desc="train", unit="step",
-                  disable=jax.process_index() != 0, dynamic_ncols=True)
+  bar = tqdm.tqdm(
+    total=steps,
+    initial=start,
+    desc="train",
+    unit="step",
+    disable=jax.process_index() != 0,
+    dynamic_ncols=True,
+  )
   try:
     with _Preemption(manager) as preemption:
       for step in range(start + 1, steps + 1):
@@ -449,8 +519,11 @@ def train(config: ml_collections.ConfigDict,
           log.reset_clock()
         elif step % config.log_every == 0:
           summary = log.flush()
-          bar.set_postfix(loss=f"{summary['loss']:.4f}", lr=f"{summary['lr']:.2e}",
-                          img_s=f"{summary['images_per_s']:.1f}")
+          bar.set_postfix(
+            loss=f"{summary['loss']:.4f}",
+            lr=f"{summary['lr']:.2e}",
+            img_s=f"{summary['images_per_s']:.1f}",
+          )
         if preemption.reached(step):
           note(f"SIGTERM at step {step}: saving a checkpoint; run the same command to resume")
           save(step)
@@ -472,18 +545,31 @@ def train(config: ml_collections.ConfigDict,
   return models.HRNet(config=model_cfg), variables
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, model: models.HRNet,
-             variables: dict) -> list[dict]:
+def evaluate(
+  config: ml_collections.ConfigDict, workdir: str | Path, model: models.HRNet, variables: dict
+) -> list[dict]:
   """Evaluates on `config.eval.datasets` (results in workdir/eval/<dataset>/); prints a table."""
   out = Path(workdir) / "eval"
   results = []
   for name in config.eval.datasets:
-    results.append(evaluate_lib.evaluate_dataset(
-        model, variables, name, config.data.data_root, roots=config.data.roots.to_dict() or None,
-        lists_dir=config.data.lists_dir, base_size=config.eval.base_size,
-        scales=tuple(config.eval.scales), crop=config.eval.crop,
-        regime=config.eval.regime, batch_size=config.eval.batch_size, limit=config.eval.limit,
-        save_dir=out / name, model_name=Path(workdir).name))
+    results.append(
+      evaluate_lib.evaluate_dataset(
+        model,
+        variables,
+        name,
+        config.data.data_root,
+        roots=config.data.roots.to_dict() or None,
+        lists_dir=config.data.lists_dir,
+        base_size=config.eval.base_size,
+        scales=tuple(config.eval.scales),
+        crop=config.eval.crop,
+        regime=config.eval.regime,
+        batch_size=config.eval.batch_size,
+        limit=config.eval.limit,
+        save_dir=out / name,
+        model_name=Path(workdir).name,
+      )
+    )
   if results and jax.process_index() == 0:
     print(metrics_lib.markdown_table(results))
   return results
@@ -502,13 +588,14 @@ def ensure_data(config: ml_collections.ConfigDict) -> None:
 def initialize_distributed(config: ml_collections.ConfigDict) -> None:
   """`jax.distributed.initialize` for multi-host runs; unset fields are auto-detected."""
   if config.distributed.enabled:
-    jax.distributed.initialize(coordinator_address=config.distributed.coordinator_address,
-                               num_processes=config.distributed.num_processes,
-                               process_id=config.distributed.process_id)
+    jax.distributed.initialize(
+      coordinator_address=config.distributed.coordinator_address,
+      num_processes=config.distributed.num_processes,
+      process_id=config.distributed.process_id,
+    )
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the model.")
 
 

@@ -18,8 +18,9 @@ def colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
   return table[labels]
 
 
-def blend(image: np.ndarray, labels: np.ndarray, palette: np.ndarray,
-          alpha: float = 0.5) -> np.ndarray:
+def blend(
+  image: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: float = 0.5
+) -> np.ndarray:
   """The colour label map alpha-blended over the RGB image; ignored pixels keep the image."""
   colors = colorize(labels, palette).astype(np.float32)
   out = image.astype(np.float32)
@@ -39,8 +40,13 @@ def _panel_width(texts: Sequence[str]) -> int:
   return max([cv2.getTextSize(t, _FONT, 0.5, 1)[0][0] for t in texts] + [60]) + 40
 
 
-def legend(class_ids: Sequence[int], class_names: Sequence[str], palette: np.ndarray,
-           height: int, fixed_size: bool = False) -> np.ndarray:
+def legend(
+  class_ids: Sequence[int],
+  class_names: Sequence[str],
+  palette: np.ndarray,
+  height: int,
+  fixed_size: bool = False,
+) -> np.ndarray:
   """A white RGB panel with a swatch and the name of each class: at least `height` rows tall
   and as wide as the entries, or (`fixed_size`, for video frames) exactly `height` tall, as wide
   as the longest class name, keeping the entries that fit."""
@@ -61,9 +67,14 @@ def legend(class_ids: Sequence[int], class_names: Sequence[str], palette: np.nda
   return panel
 
 
-def overlay_with_legend(image: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
-                        alpha: float = 0.5, palette: np.ndarray | None = None,
-                        fixed_size: bool = False) -> np.ndarray:
+def overlay_with_legend(
+  image: np.ndarray,
+  labels: np.ndarray,
+  class_names: Sequence[str],
+  alpha: float = 0.5,
+  palette: np.ndarray | None = None,
+  fixed_size: bool = False,
+) -> np.ndarray:
   """RGB overlay of `labels` on `image` with, to its right, a legend of the classes present
   (largest first). `fixed_size` keeps the output size independent of the content (video)."""
   if image.shape[:2] != labels.shape:
@@ -71,9 +82,10 @@ def overlay_with_legend(image: np.ndarray, labels: np.ndarray, class_names: Sequ
   if palette is None:
     palette = taxonomy.palette(len(class_names))
   blended = blend(image, labels, palette, alpha)
-  panel = legend(classes_present(labels, len(class_names)), class_names, palette,
-                 image.shape[0], fixed_size)
+  panel = legend(
+    classes_present(labels, len(class_names)), class_names, palette, image.shape[0], fixed_size
+  )
   canvas = np.full((panel.shape[0], image.shape[1] + panel.shape[1], 3), 255, np.uint8)
   canvas[: image.shape[0], : image.shape[1]] = blended
-  canvas[:, image.shape[1]:] = panel
+  canvas[:, image.shape[1] :] = panel
   return canvas

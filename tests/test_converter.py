@@ -17,7 +17,8 @@ TOP_LEVEL_KEYS = ["epoch", "state_dict", "optimizer", "current_iter", "max_iter"
 
 def load_tool():
   spec = importlib.util.spec_from_file_location(
-      "convert_torch_weights", REPO / "tools" / "convert_torch_weights.py")
+    "convert_torch_weights", REPO / "tools" / "convert_torch_weights.py"
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
@@ -68,8 +69,7 @@ def test_tensors_match_the_golden_checksums_and_manifest(checkpoint):
 # protocol 2: GLOBAL os.system, a 1-tuple with a shell command, REDUCE, STOP.
 def evil_pickle(marker) -> bytes:
   command = f"touch {marker}".encode()
-  return (b"\x80\x02cos\nsystem\nX" + struct.pack("<I", len(command)) + command
-          + b"\x85R.")
+  return b"\x80\x02cos\nsystem\nX" + struct.pack("<I", len(command)) + command + b"\x85R."
 
 
 @pytest.mark.parametrize("container", ["zip", "legacy"])
@@ -162,8 +162,9 @@ def test_backbone_loads_imagenet_keys_and_ignores_the_classifier(state_dict):
   config = models.infer_config(imagenet, num_classes=19)
   assert config == models.preset("small", num_classes=19)
   variables = models.backbone_to_variables(imagenet, config, seed=3)
-  np.testing.assert_array_equal(variables["params"]["conv1"]["kernel"],
-                                state_dict["conv1.weight"].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(
+    variables["params"]["conv1"]["kernel"], state_dict["conv1.weight"].transpose(2, 3, 1, 0)
+  )
   assert variables.keys() == {"params", "batch_stats"}
   assert variables["params"].keys() == models.convert.abstract_variables(config)["params"].keys()
   head = variables["params"]["last_layer.3"]["kernel"]
@@ -180,9 +181,16 @@ def test_backbone_loads_imagenet_keys_and_ignores_the_classifier(state_dict):
 def test_cli_converts_and_checks_against_pytorch_logits(tmp_path, capsys, state_dict):
   tool = load_tool()
   out = tmp_path / "model"
-  args = ["--input", str(shared_path("golden", "hrnet_small_random.pth")), "--output", str(out),
-          "--check-input", str(shared_path("golden", "input_65x65.npy")),
-          "--check-output", str(shared_path("golden", "hrnet_small_output_65x65.npy"))]
+  args = [
+    "--input",
+    str(shared_path("golden", "hrnet_small_random.pth")),
+    "--output",
+    str(out),
+    "--check-input",
+    str(shared_path("golden", "input_65x65.npy")),
+    "--check-output",
+    str(shared_path("golden", "hrnet_small_output_65x65.npy")),
+  ]
   assert tool.main(args) == 0
   assert "argmax agreement = 1.000000: OK" in capsys.readouterr().out
   model, variables = models.load_checkpoint(out)
@@ -202,12 +210,15 @@ def test_cli_converts_and_checks_against_pytorch_logits(tmp_path, capsys, state_
 def test_cli_backbone_only_reinitializes_the_head(tmp_path, state_dict):
   out = tmp_path / "backbone"
   path = shared_path("golden", "hrnet_small_random.pth")
-  load_tool().main(["--input", str(path), "--output", str(out), "--backbone-only",
-                    "--num-classes", "11"])
+  load_tool().main(
+    ["--input", str(path), "--output", str(out), "--backbone-only", "--num-classes", "11"]
+  )
   model, variables = models.load_checkpoint(out)
   assert model.config == models.preset("small", num_classes=11)
-  np.testing.assert_array_equal(variables["batch_stats"]["stage4.1.fuse_layers.3.0.2.1"]["var"],
-                                state_dict["stage4.1.fuse_layers.3.0.2.1.running_var"])
+  np.testing.assert_array_equal(
+    variables["batch_stats"]["stage4.1.fuse_layers.3.0.2.1"]["var"],
+    state_dict["stage4.1.fuse_layers.3.0.2.1.running_var"],
+  )
   head = variables["params"]["last_layer.0"]["kernel"]
   assert head.shape == (1, 1, 270, 270)
   assert not np.allclose(head, state_dict["last_layer.0.weight"].transpose(2, 3, 1, 0))

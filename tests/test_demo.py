@@ -13,10 +13,12 @@ FAST = ["--base-size", "64", "--crop", "65", "--scales", "ss", "--batch-size", "
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-  root = synthetic.write_synthetic(tmp_path_factory.mktemp("data"), num_train=1, num_val=1,
-                                   num_test=3, size=(96, 128))
-  records = sources.read_list(catalog.list_path(root, "camvid-11", "val"),
-                              catalog.dataset_root(root, "camvid-11"))
+  root = synthetic.write_synthetic(
+    tmp_path_factory.mktemp("data"), num_train=1, num_val=1, num_test=3, size=(96, 128)
+  )
+  records = sources.read_list(
+    catalog.list_path(root, "camvid-11", "val"), catalog.dataset_root(root, "camvid-11")
+  )
   return [path for path, _ in records]
 
 
@@ -32,16 +34,39 @@ def _gray(path, shape, num_classes):
 
 
 def test_image_in_universal_taxonomy_with_default_multi_scale(images, checkpoint, tmp_path):
-  demo.main(["--checkpoint", checkpoint, "--input", str(images[0]), "--output-dir",
-             str(tmp_path), "--base-size", "48", "--crop", "65"])
+  demo.main(
+    [
+      "--checkpoint",
+      checkpoint,
+      "--input",
+      str(images[0]),
+      "--output-dir",
+      str(tmp_path),
+      "--base-size",
+      "48",
+      "--crop",
+      "65",
+    ]
+  )
   _gray(tmp_path / "gray" / f"{images[0].stem}.png", (96, 128), 194)
   overlay = cv2.imread(str(tmp_path / "overlay" / f"{images[0].stem}.jpg"))
   assert overlay.shape[0] >= 96 and overlay.shape[1] > 128  # the legend is beside the image
 
 
 def test_directory_in_a_test_taxonomy(images, checkpoint, tmp_path):
-  demo.main(["--checkpoint", checkpoint, "--input", str(images[0].parent), "--output-dir",
-             str(tmp_path), "--taxonomy", "camvid-11", *FAST])
+  demo.main(
+    [
+      "--checkpoint",
+      checkpoint,
+      "--input",
+      str(images[0].parent),
+      "--output-dir",
+      str(tmp_path),
+      "--taxonomy",
+      "camvid-11",
+      *FAST,
+    ]
+  )
   for path in images:
     _gray(tmp_path / "gray" / f"{path.stem}.png", (96, 128), 11)
   assert len(list((tmp_path / "overlay").glob("*.jpg"))) == len(images)
@@ -64,16 +89,28 @@ def test_video_gives_grey_frames_and_an_overlay_mp4(images, checkpoint, tmp_path
   assert frames == len(images)
 
 
-@pytest.mark.parametrize("name,content,message", [
-  ("broken.png", b"not a png", "unreadable image"),
-  ("broken.mp4", b"not a video", "unreadable video"),
-  ("notes.txt", b"text", "not an image"),
-  ("missing.jpg", None, "input not found"),
-])
+@pytest.mark.parametrize(
+  "name,content,message",
+  [
+    ("broken.png", b"not a png", "unreadable image"),
+    ("broken.mp4", b"not a video", "unreadable video"),
+    ("notes.txt", b"text", "not an image"),
+    ("missing.jpg", None, "input not found"),
+  ],
+)
 def test_unreadable_input_is_a_clear_error(checkpoint, tmp_path, name, content, message):
   path = tmp_path / name
   if content is not None:
     path.write_bytes(content)
   with pytest.raises(SystemExit, match=f"{path}.*{message}"):
-    demo.main(["--checkpoint", checkpoint, "--input", str(path), "--output-dir",
-               str(tmp_path / "out"), *FAST])
+    demo.main(
+      [
+        "--checkpoint",
+        checkpoint,
+        "--input",
+        str(path),
+        "--output-dir",
+        str(tmp_path / "out"),
+        *FAST,
+      ]
+    )

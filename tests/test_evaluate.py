@@ -15,16 +15,22 @@ from mseg_jax import evaluate, inference, models, taxonomy
 from mseg_jax.input_pipeline import catalog, sources, synthetic
 from mseg_jax.models.convert import abstract_variables
 
-TINY = models.HRNetConfig(num_classes=194, stage1_blocks=1, stage1_planes=8,
-                          stage_modules=(1, 1, 1), stage_blocks=((1, 1), (1, 1, 1), (1, 1, 1, 1)),
-                          stage_widths=((8, 16), (8, 16, 32), (8, 16, 32, 64)))
+TINY = models.HRNetConfig(
+  num_classes=194,
+  stage1_blocks=1,
+  stage1_planes=8,
+  stage_modules=(1, 1, 1),
+  stage_blocks=((1, 1), (1, 1, 1), (1, 1, 1, 1)),
+  stage_widths=((8, 16), (8, 16, 32), (8, 16, 32, 64)),
+)
 SETTINGS = dict(base_size=64, crop=65, batch_size=2)
 
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-  return synthetic.write_synthetic(tmp_path_factory.mktemp("data"), num_train=1, num_val=3,
-                                   num_test=6, size=(96, 128))
+  return synthetic.write_synthetic(
+    tmp_path_factory.mktemp("data"), num_train=1, num_val=3, num_test=6, size=(96, 128)
+  )
 
 
 def write_tiny_checkpoint(directory):
@@ -67,8 +73,9 @@ def official_miou(gray_dir, data_root, dataset, k):
   """accuracy_calculator.py: per-image intersectionAndUnion sums from the saved PNGs."""
   root = catalog.dataset_root(data_root, dataset)
   sums = np.zeros((3, k), np.int64)
-  for image_path, label_path in sources.read_list(catalog.list_path(data_root, dataset, "val"),
-                                                  root):
+  for image_path, label_path in sources.read_list(
+    catalog.list_path(data_root, dataset, "val"), root
+  ):
     pred = cv2.imread(str(gray_dir / f"{image_path.stem}.png"), cv2.IMREAD_GRAYSCALE)
     sums += intersection_and_union(pred, cv2.imread(str(label_path), cv2.IMREAD_UNCHANGED), k)
   inter, area_o, area_t = sums
@@ -78,9 +85,27 @@ def official_miou(gray_dir, data_root, dataset, k):
 
 def test_cli_prints_table_and_matches_official_numpy(data_root, checkpoint, tmp_path, capsys):
   out = tmp_path / "eval"
-  evaluate.main(["--checkpoint", str(checkpoint), "--dataset", "camvid-11", "--data-root",
-                 str(data_root), "--base-size", "64", "80", "--crop", "65", "--out-dir", str(out),
-                 "--save-predictions", "--save-overlays", "--batch-size", "2"])
+  evaluate.main(
+    [
+      "--checkpoint",
+      str(checkpoint),
+      "--dataset",
+      "camvid-11",
+      "--data-root",
+      str(data_root),
+      "--base-size",
+      "64",
+      "80",
+      "--crop",
+      "65",
+      "--out-dir",
+      str(out),
+      "--save-predictions",
+      "--save-overlays",
+      "--batch-size",
+      "2",
+    ]
+  )
   printed = capsys.readouterr().out
   assert "| model | regime | scales | CamVid | h.mean |" in printed
   assert "camvid-11 base 64 ss: mIoU" in printed
@@ -88,8 +113,15 @@ def test_cli_prints_table_and_matches_official_numpy(data_root, checkpoint, tmp_
   results = summary["results"]
   assert sorted(r["base_size"] for r in results) == [64, 80]
   best = max(r["miou"] for r in results)
-  assert summary["paper"] == [{"model": "tiny", "regime": "zero_shot", "scales": "ss",
-                               "miou": {"camvid-11": best}, "hmean": None}]
+  assert summary["paper"] == [
+    {
+      "model": "tiny",
+      "regime": "zero_shot",
+      "scales": "ss",
+      "miou": {"camvid-11": best},
+      "hmean": None,
+    }
+  ]
   assert f"| tiny | zero_shot | ss | {100 * best:.1f} | — |" in printed
   for r in results:
     run_dir = out / "camvid-11" / str(r["base_size"]) / "ss"
@@ -118,26 +150,30 @@ def test_interrupted_evaluation_resumes(data_root, checkpoint, tmp_path, monkeyp
   monkeypatch.setattr(inference.Predictor, "__call__", flaky)
   monkeypatch.setattr(evaluate, "SAVE_EVERY_S", 1e9)  # only the interrupt saves
   with pytest.raises(KeyboardInterrupt):
-    evaluate.evaluate_dataset(model, variables, "camvid-11", data_root, save_dir=tmp_path,
-                              **SETTINGS)
+    evaluate.evaluate_dataset(
+      model, variables, "camvid-11", data_root, save_dir=tmp_path, **SETTINGS
+    )
   assert int(np.load(tmp_path / "partial.npz")["done"]) == 3
   calls.clear()
-  resumed = evaluate.evaluate_dataset(model, variables, "camvid-11", data_root,
-                                      save_dir=tmp_path, **SETTINGS)
+  resumed = evaluate.evaluate_dataset(
+    model, variables, "camvid-11", data_root, save_dir=tmp_path, **SETTINGS
+  )
   assert len(calls) == 3  # only the 3 images left
   assert not (tmp_path / "partial.npz").exists()
   assert resumed["miou"] == pytest.approx(fresh["miou"], abs=1e-12)
   np.testing.assert_allclose(resumed["iou"], fresh["iou"], atol=1e-12)
   calls.clear()
-  again = evaluate.evaluate_dataset(model, variables, "camvid-11", data_root, save_dir=tmp_path,
-                                    **SETTINGS)
+  again = evaluate.evaluate_dataset(
+    model, variables, "camvid-11", data_root, save_dir=tmp_path, **SETTINGS
+  )
   assert not calls and again["miou"] == resumed["miou"]  # a finished evaluation is reused
 
 
 def test_training_regime_maps_labels_to_universal_and_excludes_ids(data_root, checkpoint):
   model, variables = models.load_checkpoint(checkpoint)
-  r = evaluate.evaluate_dataset(model, variables, "cityscapes-19", data_root,
-                                regime="training", **SETTINGS)
+  r = evaluate.evaluate_dataset(
+    model, variables, "cityscapes-19", data_root, regime="training", **SETTINGS
+  )
   lut = taxonomy.to_universal_lut("cityscapes-19")
   reachable = sorted(set(lut[:19].tolist()) - {255})
   assert sorted(set(range(194)) - set(r["excluded_ids"])) == reachable
@@ -186,7 +222,7 @@ def write_relabeled_lists(root, lists, lines, gray_dir):
     pred = cv2.imread(str(gray_dir / f"{Path(image_rel).stem}.png"), cv2.IMREAD_GRAYSCALE)
     relabeled = from_universal[lut[label]]
     rewarded = (pred != lut[label]) & (label != 255) & (from_universal[pred] != 255)
-    rewarded[:, label.shape[1] // 2:] = False
+    rewarded[:, label.shape[1] // 2 :] = False
     relabeled[rewarded] = from_universal[pred[rewarded]]
     person = label == taxonomy.class_id(CS, "person")
     relabeled[person] = bicyclist
@@ -201,15 +237,25 @@ def write_relabeled_lists(root, lists, lines, gray_dir):
   return reward, penalty
 
 
-def test_relabeled_cli_rewards_and_penalizes_with_lists_read_in_place(data_root, checkpoint,
-                                                                      tmp_path):
+def test_relabeled_cli_rewards_and_penalizes_with_lists_read_in_place(
+  data_root, checkpoint, tmp_path
+):
   """cityscapes-19 and cityscapes-19-relabeled share one data root and keep their lists in an
   mseg-api lists folder (2 of the 3 val images). The result is the official rule followed by
   intersectionAndUnion (numpy) on the saved raw predictions and both labels."""
   model, variables = models.load_checkpoint(checkpoint)
   plain = tmp_path / "plain"
-  evaluate.evaluate_dataset(model, variables, CS, data_root, regime="training", save_dir=plain,
-                            save_predictions=True, limit=2, **SETTINGS)
+  evaluate.evaluate_dataset(
+    model,
+    variables,
+    CS,
+    data_root,
+    regime="training",
+    save_dir=plain,
+    save_predictions=True,
+    limit=2,
+    **SETTINGS,
+  )
   root = shutil.copytree(catalog.dataset_root(data_root, CS), tmp_path / "Cityscapes")
   lines = (root / "list" / "val.txt").read_text().splitlines()[:2]
   lists = tmp_path / "lists"
@@ -217,11 +263,34 @@ def test_relabeled_cli_rewards_and_penalizes_with_lists_read_in_place(data_root,
   assert reward > 0 and penalty > 0  # the cases the test is about
 
   out = tmp_path / "eval"
-  evaluate.main(["--checkpoint", str(checkpoint), "--dataset", CS, "--data-root", str(data_root),
-                 "--root", f"{CS}={root}", "--root", f"{CS_RELABELED}={root}",
-                 "--lists-dir", str(lists), "--regime", "training", "--relabeled",
-                 "--base-size", "64", "--crop", "65", "--batch-size", "2", "--out-dir", str(out),
-                 "--save-predictions"])
+  evaluate.main(
+    [
+      "--checkpoint",
+      str(checkpoint),
+      "--dataset",
+      CS,
+      "--data-root",
+      str(data_root),
+      "--root",
+      f"{CS}={root}",
+      "--root",
+      f"{CS_RELABELED}={root}",
+      "--lists-dir",
+      str(lists),
+      "--regime",
+      "training",
+      "--relabeled",
+      "--base-size",
+      "64",
+      "--crop",
+      "65",
+      "--batch-size",
+      "2",
+      "--out-dir",
+      str(out),
+      "--save-predictions",
+    ]
+  )
   run_dir = out / CS / "64" / "ss_relabeled"
   r = json.loads((run_dir / "results.json").read_text())
   assert r["relabeled"] and r["num_images"] == 2
@@ -231,10 +300,12 @@ def test_relabeled_cli_rewards_and_penalizes_with_lists_read_in_place(data_root,
     name = Path(label_rel).name
     pred = cv2.imread(str(run_dir / "gray" / f"{Path(image_rel).stem}.png"), cv2.IMREAD_GRAYSCALE)
     np.testing.assert_array_equal(  # raw predictions are saved
-      pred, cv2.imread(str(plain / "gray" / f"{Path(image_rel).stem}.png"), cv2.IMREAD_GRAYSCALE))
+      pred, cv2.imread(str(plain / "gray" / f"{Path(image_rel).stem}.png"), cv2.IMREAD_GRAYSCALE)
+    )
     label = cv2.imread(str(root / label_rel), cv2.IMREAD_UNCHANGED)
-    sums += official_relabeled_sums(pred, label, cv2.imread(str(root / "relabeled" / name),
-                                                            cv2.IMREAD_UNCHANGED))
+    sums += official_relabeled_sums(
+      pred, label, cv2.imread(str(root / "relabeled" / name), cv2.IMREAD_UNCHANGED)
+    )
   inter, area_o, area_t = sums
   iou = inter / (area_o + area_t - inter + 1e-10)
   kept = [u for u in range(taxonomy.NUM_UNIVERSAL) if u not in r["excluded_ids"]]
@@ -252,8 +323,9 @@ def test_relabeled_evaluation_checks_its_inputs(data_root, checkpoint, tmp_path)
   with pytest.raises(ValueError, match="part of the training regime"):
     evaluate.evaluate_dataset(model, variables, "camvid-11", data_root, relabeled=True)
   with pytest.raises(ValueError, match="unrelabeled name"):
-    evaluate.evaluate_dataset(model, variables, CS_RELABELED, data_root, regime="training",
-                              relabeled=True)
+    evaluate.evaluate_dataset(
+      model, variables, CS_RELABELED, data_root, regime="training", relabeled=True
+    )
   lines = catalog.list_path(data_root, CS, "val").read_text().splitlines()
   for relabeled_lines, error in ((lines[:2], "has 2 lines"), (lines[::-1], "is not")):
     lists = tmp_path / error.replace(" ", "_")
@@ -261,5 +333,6 @@ def test_relabeled_evaluation_checks_its_inputs(data_root, checkpoint, tmp_path)
       (lists / name / "list").mkdir(parents=True)
       (lists / name / "list" / "val.txt").write_text("\n".join(text) + "\n")
     with pytest.raises(ValueError, match=error):
-      evaluate.evaluate_dataset(model, variables, CS, data_root, regime="training",
-                                relabeled=True, lists_dir=lists)
+      evaluate.evaluate_dataset(
+        model, variables, CS, data_root, regime="training", relabeled=True, lists_dir=lists
+      )

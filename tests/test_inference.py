@@ -25,8 +25,9 @@ class ConvNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train=False):
-    return nn.Conv(self.num_classes, (self.kernel, self.kernel), padding="SAME",
-                   dtype=self.dtype)(x).astype(jnp.float32)
+    return nn.Conv(self.num_classes, (self.kernel, self.kernel), padding="SAME", dtype=self.dtype)(
+      x
+    ).astype(jnp.float32)
 
 
 def _model(kernel=5, num_classes=5, seed=0):
@@ -56,8 +57,9 @@ def official_probs(model, variables, image, base_size, scales, crop, projection=
     img = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     pad_h, pad_w = max(crop - new_h, 0), max(crop - new_w, 0)
     ph, pw = int(pad_h / 2), int(pad_w / 2)
-    img = cv2.copyMakeBorder(img, ph, pad_h - ph, pw, pad_w - pw, cv2.BORDER_CONSTANT,
-                             value=MEAN.tolist())
+    img = cv2.copyMakeBorder(
+      img, ph, pad_h - ph, pw, pad_w - pw, cv2.BORDER_CONSTANT, value=MEAN.tolist()
+    )
     h, w = img.shape[:2]
     stride = int(np.ceil(crop * (2 / 3)))
     grid_h = int(np.ceil(float(h - crop) / stride) + 1)
@@ -84,39 +86,54 @@ def official_probs(model, variables, image, base_size, scales, crop, projection=
         pred[s_h:e_h, s_w:e_w] += p
         count[s_h:e_h, s_w:e_w] += 1
     pred /= count[..., None]
-    pred = pred[ph:ph + new_h, pw:pw + new_w]
+    pred = pred[ph : ph + new_h, pw : pw + new_w]
     pred = cv2.resize(pred, (raw_w, raw_h), interpolation=cv2.INTER_LINEAR)
     total = pred if total is None else total + pred
   return total / len(scales)
 
 
-@pytest.mark.parametrize("h,w,base,scale,expected", [
-  (1080, 1920, 360, 1.0, (360, 640)),
-  (1920, 1080, 360, 1.0, (640, 360)),  # portrait: width is the short side
-  (100, 100, 473, 0.5, (236, 236)),  # 236.5 rounds half to even
-  (480, 729, 480, 1.0, (480, 729)),
-  (400, 583, 500, 1.0, (500, 729)),  # 728.75 -> 729
-  (720, 960, 360, 1.75, (630, 840)),
-])
+@pytest.mark.parametrize(
+  "h,w,base,scale,expected",
+  [
+    (1080, 1920, 360, 1.0, (360, 640)),
+    (1920, 1080, 360, 1.0, (640, 360)),  # portrait: width is the short side
+    (100, 100, 473, 0.5, (236, 236)),  # 236.5 rounds half to even
+    (480, 729, 480, 1.0, (480, 729)),
+    (400, 583, 500, 1.0, (500, 729)),  # 728.75 -> 729
+    (720, 960, 360, 1.75, (630, 840)),
+  ],
+)
 def test_scaled_size_uses_python_round(h, w, base, scale, expected):
   assert inference.scaled_size(h, w, base, scale) == expected
 
 
-@pytest.mark.parametrize("size,crop,expected", [
-  (713, 713, (0,)),
-  (1080, 713, (0, 367)),  # stride 476, the last window is moved back to the border
-  (1920, 713, (0, 476, 952, 1207)),
-  (1189, 713, (0, 476)),  # exactly one stride more than the crop
-  (1190, 713, (0, 476, 477)),
-  (640, 473, (0, 167)),  # stride ceil(473 * 2/3) = 316
-  (100, 65, (0, 35)),  # stride 44
-])
+@pytest.mark.parametrize(
+  "size,crop,expected",
+  [
+    (713, 713, (0,)),
+    (1080, 713, (0, 367)),  # stride 476, the last window is moved back to the border
+    (1920, 713, (0, 476, 952, 1207)),
+    (1189, 713, (0, 476)),  # exactly one stride more than the crop
+    (1190, 713, (0, 476, 477)),
+    (640, 473, (0, 167)),  # stride ceil(473 * 2/3) = 316
+    (100, 65, (0, 35)),  # stride 44
+  ],
+)
 def test_window_starts_by_hand(size, crop, expected):
   assert inference.window_starts(size, crop) == expected
 
 
-@pytest.mark.parametrize("h,w,crop", [(360, 640, 713), (713, 1268, 713), (900, 1600, 593),
-                                      (1080, 1920, 473), (65, 200, 65), (31, 47, 65)])
+@pytest.mark.parametrize(
+  "h,w,crop",
+  [
+    (360, 640, 713),
+    (713, 1268, 713),
+    (900, 1600, 593),
+    (1080, 1920, 473),
+    (65, 200, 65),
+    (31, 47, 65),
+  ],
+)
 def test_window_layout_follows_official_loops(h, w, crop):
   layout = inference.window_layout(h, w, crop)
   pad_h, pad_w = max(crop - h, 0), max(crop - w, 0)
@@ -137,8 +154,10 @@ def test_window_starts_rejects_too_small_canvas():
     inference.window_starts(64, 65)
 
 
-@pytest.mark.parametrize("in_hw,out_hw", [((37, 53), (17, 23)), ((20, 30), (61, 47)),
-                                          ((50, 50), (49, 51)), ((90, 160), (135, 240))])
+@pytest.mark.parametrize(
+  "in_hw,out_hw",
+  [((37, 53), (17, 23)), ((20, 30), (61, 47)), ((50, 50), (49, 51)), ((90, 160), (135, 240))],
+)
 def test_probability_resize_matches_cv2_inter_linear(in_hw, out_hw):
   rng = np.random.default_rng(0)
   probs = rng.random(in_hw + (19,)).astype(np.float32)
@@ -159,16 +178,20 @@ def test_pointwise_model_padding_is_removed_exactly():
   np.testing.assert_array_equal(np.asarray(labels), np.argmax(np.asarray(expected), -1))
 
 
-@pytest.mark.parametrize("h,w,base,scales,crop,batch", [
-  (48, 80, 48, (1.0,), 33, 2),  # several windows, a padded tail batch
-  (80, 52, 40, (1.0,), 33, 8),  # portrait; all windows in one batch
-  (45, 60, 40, inference.MULTI_SCALE, 33, 3),  # shrink and grow; pad at small scales
-])
+@pytest.mark.parametrize(
+  "h,w,base,scales,crop,batch",
+  [
+    (48, 80, 48, (1.0,), 33, 2),  # several windows, a padded tail batch
+    (80, 52, 40, (1.0,), 33, 8),  # portrait; all windows in one batch
+    (45, 60, 40, inference.MULTI_SCALE, 33, 3),  # shrink and grow; pad at small scales
+  ],
+)
 def test_predictor_equals_official_procedure(h, w, base, scales, crop, batch):
   model, variables = _model()
   image = _image(h, w, seed=2)
-  predictor = inference.Predictor(model, variables, base_size=base, scales=scales, crop=crop,
-                                  batch_size=batch)
+  predictor = inference.Predictor(
+    model, variables, base_size=base, scales=scales, crop=crop, batch_size=batch
+  )
   probs, labels = predictor.probs(image)
   expected = official_probs(model, variables, image, base, scales, crop)
   assert probs.shape == (h, w, 5) and labels.dtype == jnp.uint8
@@ -182,8 +205,7 @@ def test_projection_sums_probabilities_per_crop_before_averaging():
   projection = np.zeros((6, 3), np.float32)
   projection[[0, 1], 0] = projection[[2], 1] = projection[[3, 4], 2] = 1  # class 5 unmapped
   image = _image(50, 70, seed=3)
-  predictor = inference.Predictor(model, variables, base_size=50, crop=33,
-                                  projection=projection)
+  predictor = inference.Predictor(model, variables, base_size=50, crop=33, projection=projection)
   probs, _ = predictor.probs(image)
   expected = official_probs(model, variables, image, 50, (1.0,), 33, projection)
   np.testing.assert_allclose(np.asarray(probs), expected, atol=2e-5)

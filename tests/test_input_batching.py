@@ -16,8 +16,9 @@ CROP = 32
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-  return synthetic.write_synthetic(tmp_path_factory.mktemp("synth"), seed=0, num_train=6,
-                                   num_val=2, num_test=2, size=(48, 64))
+  return synthetic.write_synthetic(
+    tmp_path_factory.mktemp("synth"), seed=0, num_train=6, num_val=2, num_test=2, size=(48, 64)
+  )
 
 
 def _dataset(data_root, shares=(2, 1, 2), **kwargs):
@@ -70,20 +71,24 @@ def test_on_device_remap_equals_host_lut(first_batches):
 
   for batch in first_batches:
     device = np.asarray(step(batch))
-    host = np.stack([taxonomy.to_universal_lut(DATASETS[d])[label]
-                     for label, d in zip(batch["label"], batch["dataset"], strict=True)])
+    host = np.stack(
+      [
+        taxonomy.to_universal_lut(DATASETS[d])[label]
+        for label, d in zip(batch["label"], batch["dataset"], strict=True)
+      ]
+    )
     np.testing.assert_array_equal(device, host)
     assert (host != 255).any()
 
 
 def test_processes_yield_their_rows_of_the_global_batch(data_root, first_batches):
   # 5 rows over 5 processes: process 2 holds the ade20k crop, 3 and 4 mapillary's.
-  parts = [_take(iter(_dataset(data_root, process_index=p, process_count=5)), 2)
-           for p in range(5)]
+  parts = [_take(iter(_dataset(data_root, process_index=p, process_count=5)), 2) for p in range(5)]
   for step in range(2):
     for key in ("image", "label", "dataset"):
-      np.testing.assert_array_equal(np.concatenate([p[step][key] for p in parts]),
-                                    first_batches[step][key])
+      np.testing.assert_array_equal(
+        np.concatenate([p[step][key] for p in parts]), first_batches[step][key]
+      )
   with pytest.raises(ValueError, match="global batch .* must divide evenly over 2 processes"):
     _dataset(data_root, process_index=0, process_count=2)
 
@@ -122,6 +127,7 @@ def test_exact_resume_from_a_saved_iterator_state(data_root, first_batches, tmp_
   _assert_same(_take(iterator, 2), first_batches[:2])
   handler = grain.checkpoint.CheckpointHandler()  # what orbax's CheckpointSave/Restore run
   handler.save(tmp_path, args=grain.checkpoint.CheckpointSave(iterator))
-  resumed = handler.restore(tmp_path,
-                            args=grain.checkpoint.CheckpointRestore(iter(_dataset(data_root))))
+  resumed = handler.restore(
+    tmp_path, args=grain.checkpoint.CheckpointRestore(iter(_dataset(data_root)))
+  )
   _assert_same(_take(resumed, 2), first_batches[2:])

@@ -17,10 +17,12 @@ NAME = "cityscapes-19"  # 19 classes: valid ids 0..18 and 255
 def test_catalog_has_every_taxonomy_under_mseg_dataset():
   assert set(taxonomy.dataset_names()) <= set(catalog.DEFAULT_ROOTS)
   assert catalog.dataset_root("/d", "ade20k-150") == Path(
-    "/d/mseg_dataset/ADE20K/ADEChallengeData2016")
+    "/d/mseg_dataset/ADE20K/ADEChallengeData2016"
+  )
   # relabeled taxonomies share the images of the unrelabeled one
   assert catalog.dataset_root("/d", "cityscapes-19-relabeled") == catalog.dataset_root(
-    "/d", "cityscapes-34")
+    "/d", "cityscapes-34"
+  )
   assert catalog.list_path("/d", "camvid-11", "val") == Path("/d/mseg_dataset/Camvid/list/val.txt")
 
 
@@ -30,7 +32,8 @@ def test_catalog_overrides_and_mseg_api_lists():
   assert catalog.dataset_root("/d", "kitti-19", roots) == Path("/abs/kitti")
   assert catalog.list_path("/d", "kitti-19", "test", roots) == Path("/abs/kitti/list/test.txt")
   assert catalog.list_path("/d", "kitti-19", "val", lists_dir="/api/mseg/dataset_lists") == Path(
-    "/api/mseg/dataset_lists/kitti-19/list/val.txt")
+    "/api/mseg/dataset_lists/kitti-19/list/val.txt"
+  )
   with pytest.raises(KeyError, match="unknown dataset 'nope'"):
     catalog.dataset_root("/d", "nope")
 
@@ -48,8 +51,10 @@ def root(tmp_path) -> Path:
   image[..., 2] = 255  # red in BGR order
   label = np.zeros((6, 8), np.uint8)
   label[0, 0], label[1, 1] = 18, 255
-  lines = [f"{_write(tmp_path, f'img/{i}.png', image)} {_write(tmp_path, f'lab/{i}.png', label)}"
-           for i in range(2)]
+  lines = [
+    f"{_write(tmp_path, f'img/{i}.png', image)} {_write(tmp_path, f'lab/{i}.png', label)}"
+    for i in range(2)
+  ]
   (tmp_path / "list").mkdir()
   (tmp_path / "list" / "train.txt").write_text("\n".join(lines) + "\n\n")
   return tmp_path
@@ -62,9 +67,13 @@ def _source(root: Path) -> sources.ListSource:
 def test_read_list_and_decode_a_valid_sample(root):
   (root / "list" / "test.txt").write_text("img/0.png\r\nimg/1.png\r\n")
   assert sources.read_list(root / "list" / "test.txt", root) == [
-    (root / "img/0.png", None), (root / "img/1.png", None)]
+    (root / "img/0.png", None),
+    (root / "img/1.png", None),
+  ]
   assert sources.read_list(root / "list" / "train.txt", root)[1] == (
-    root / "img/1.png", root / "lab/1.png")
+    root / "img/1.png",
+    root / "lab/1.png",
+  )
   source = _source(root)
   assert len(source) == 2 and source[1]["where"] == f"{root / 'list' / 'train.txt'}:2"
   example = sources.Decode(num_classes=19).map(source[0])
@@ -122,8 +131,16 @@ def test_each_bad_input_names_list_file_line_and_path(root, case):
 
 def test_bad_input_surfaces_from_the_training_pipeline(root):
   _corrupt(root, "bad label value")
-  ds = batching.train_dataset([NAME], [2], data_root=root, roots={NAME: str(root)},
-                              crop_size=4, short_size=6, seed=0, num_threads=0)
+  ds = batching.train_dataset(
+    [NAME],
+    [2],
+    data_root=root,
+    roots={NAME: str(root)},
+    crop_size=4,
+    short_size=6,
+    seed=0,
+    num_threads=0,
+  )
   with pytest.raises(sources.InputError, match=r"train.txt:2: .*lab/1.png: label values \[19\]"):
     next(iter(ds))
 
@@ -146,28 +163,41 @@ def test_invalid_label_values():
   label = np.array([[0, 18, 255]], np.uint8)
   assert sources.invalid_label_values(label, 19).size == 0
   np.testing.assert_array_equal(
-    sources.invalid_label_values(np.array([[0, 19, 254, 255, 19]], np.uint8), 19), [19, 254])
+    sources.invalid_label_values(np.array([[0, 19, 254, 255, 19]], np.uint8), 19), [19, 254]
+  )
 
 
 def test_verify_cli_reports_clean_and_broken_datasets(root, capsys):
   roots = f"{NAME}={root}"
-  assert verify.main(["--data-root", "/", "--datasets", NAME, "--splits", "train",
-                      "--roots", roots]) == 0
+  assert (
+    verify.main(["--data-root", "/", "--datasets", NAME, "--splits", "train", "--roots", roots])
+    == 0
+  )
   out = capsys.readouterr().out
   assert f"| {NAME} | train | 2 | 2 | 0 | 6x8 | 6x8 | 2/19 |" in out and "all samples OK" in out
 
   _corrupt(root, "size mismatch")
-  assert verify.main(["--data-root", "/", "--datasets", NAME, "--splits", "train,val",
-                      "--roots", roots]) == 1
+  assert (
+    verify.main(["--data-root", "/", "--datasets", NAME, "--splits", "train,val", "--roots", roots])
+    == 1
+  )
   out = capsys.readouterr().out
   assert f"ERROR {root / 'list' / 'train.txt'}:2: {root / 'lab/1.png'}: label size" in out
   assert f"ERROR {root / 'list' / 'val.txt'}: list file not found" in out
   assert f"| {NAME} | train | 2 | 1 | 1 |" in out and "2 errors" in out
 
 
-@pytest.mark.parametrize("name, count", [
-  ("camvid-11", 101), ("kitti-19", 50), ("wilddash-19", 70), ("voc2012", 1449),
-  ("pascal-context-60", 5105), ("scannet-20", 5436)])
+@pytest.mark.parametrize(
+  "name, count",
+  [
+    ("camvid-11", 101),
+    ("kitti-19", 50),
+    ("wilddash-19", 70),
+    ("voc2012", 1449),
+    ("pascal-context-60", 5105),
+    ("scannet-20", 5436),
+  ],
+)
 def test_reads_mseg_api_val_lists_in_place(name, count):
   lists_dir = shared_path("reference", "mseg-api", "mseg", "dataset_lists")
   path = catalog.list_path("/data", name, "val", lists_dir=lists_dir)

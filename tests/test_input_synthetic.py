@@ -23,13 +23,14 @@ def data_root(tmp_path_factory):
 
 def _samples(data_root, name, split):
   path = catalog.list_path(data_root, name, split)
-  return [(sources.load_image(i), sources.load_label(lab))
-          for i, lab in sources.read_list(path, catalog.dataset_root(data_root, name))]
+  return [
+    (sources.load_image(i), sources.load_label(lab))
+    for i, lab in sources.read_list(path, catalog.dataset_root(data_root, name))
+  ]
 
 
 def test_layout_is_the_catalog_layout(data_root):
-  assert synthetic.SYNTHETIC_TRAIN_DATASETS == ("cityscapes-19", "ade20k-150",
-                                                "mapillary-public65")
+  assert synthetic.SYNTHETIC_TRAIN_DATASETS == ("cityscapes-19", "ade20k-150", "mapillary-public65")
   assert synthetic.SYNTHETIC_TEST_DATASETS == ("camvid-11",)
   expected = {(d, "train"): 4 for d in synthetic.SYNTHETIC_TRAIN_DATASETS}
   expected |= {(d, "val"): 2 for d in synthetic.SYNTHETIC_TRAIN_DATASETS}
@@ -39,15 +40,19 @@ def test_layout_is_the_catalog_layout(data_root):
     assert len(samples) == count
     for image, label in samples:
       assert image.shape == SIZE + (3,) and label.shape == SIZE
-      sources.check_pair(image, label, catalog.list_path(data_root, name, split),
-                         len(taxonomy.class_names(name)))
+      sources.check_pair(
+        image, label, catalog.list_path(data_root, name, split), len(taxonomy.class_names(name))
+      )
   assert not catalog.list_path(data_root, "camvid-11", "train").exists()
 
 
 def _universal(name, label):
   if name in taxonomy.TEST_DATASETS:  # a test class -> its universal classes: take the first
-    owner = {k: int(np.flatnonzero(col)[0])
-             for k, col in enumerate(taxonomy.projection_matrix(name).T) if col.any()}
+    owner = {
+      k: int(np.flatnonzero(col)[0])
+      for k, col in enumerate(taxonomy.projection_matrix(name).T)
+      if col.any()
+    }
     return np.vectorize(lambda v: owner.get(v, 255))(label)
   return taxonomy.to_universal_lut(name)[label]
 
@@ -68,8 +73,11 @@ def _mean_colours(data_root, name, split):
 
 def test_labels_use_each_dataset_real_ids(data_root):
   street = {"sky", "building", "road", "sidewalk_pavement", "car"}
-  for name, split in [("cityscapes-19", "train"), ("mapillary-public65", "train"),
-                      ("camvid-11", "val")]:
+  for name, split in [
+    ("cityscapes-19", "train"),
+    ("mapillary-public65", "train"),
+    ("camvid-11", "val"),
+  ]:
     colours = _mean_colours(data_root, name, split)
     assert street <= set(colours), name
     sky, road = colours["sky"], colours["road"]
@@ -103,8 +111,12 @@ def test_inverse_mapping_round_trips():
     assert (inverse[u] == 255) == (not matrix[u].any())
     assert inverse[u] == 255 or matrix[u, inverse[u]] == 1
   mapillary = taxonomy.class_names("mapillary-public65")  # named like the universal class
-  assert mapillary[synthetic.universal_to_dataset_lut("mapillary-public65")[
-    taxonomy.universal_id("road")]] == "Road"
+  assert (
+    mapillary[
+      synthetic.universal_to_dataset_lut("mapillary-public65")[taxonomy.universal_id("road")]
+    ]
+    == "Road"
+  )
 
 
 def _digest(root):
@@ -120,8 +132,22 @@ def test_deterministic_for_a_seed(data_root, tmp_path):
 
 
 def test_cli(tmp_path, capsys):
-  synthetic.main(["--out", str(tmp_path), "--num-train", "1", "--num-val", "1", "--num-test", "1",
-                  "--height", "32", "--width", "40"])
+  synthetic.main(
+    [
+      "--out",
+      str(tmp_path),
+      "--num-train",
+      "1",
+      "--num-val",
+      "1",
+      "--num-test",
+      "1",
+      "--height",
+      "32",
+      "--width",
+      "40",
+    ]
+  )
   assert "camvid-11" in capsys.readouterr().out
   image, label = _samples(tmp_path, "camvid-11", "val")[0]
   assert image.shape == (32, 40, 3) and label.shape == (32, 40)

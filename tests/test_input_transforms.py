@@ -21,14 +21,17 @@ def test_pad_colour_is_the_rounded_imagenet_mean():
   assert np.abs((np.asarray(T.PAD_COLOUR) - MEAN) / STD).max() < 0.01  # ~0 once normalized
 
 
-@pytest.mark.parametrize("hw, size, expected", [
-  ((4, 10), 3, (3, 7)),  # landscape: h short, w = int(10 * 3/4) = int(7.5) = 7 (truncation)
-  ((10, 4), 3, (7, 3)),  # portrait: w short, h = int(10 * 3/4) = 7
-  ((5, 5), 2, (2, 2)),  # square takes the "h is short" branch
-  ((1080, 1920), 1080, (1080, 1920)),  # always resizes, here to the same size
-  ((360, 480), 1080, (1080, 1440)),  # up
-  ((375, 500), 473, (473, 630)),  # int(500 * 473/375) = int(630.67) = 630, not 631
-])
+@pytest.mark.parametrize(
+  "hw, size, expected",
+  [
+    ((4, 10), 3, (3, 7)),  # landscape: h short, w = int(10 * 3/4) = int(7.5) = 7 (truncation)
+    ((10, 4), 3, (7, 3)),  # portrait: w short, h = int(10 * 3/4) = 7
+    ((5, 5), 2, (2, 2)),  # square takes the "h is short" branch
+    ((1080, 1920), 1080, (1080, 1920)),  # always resizes, here to the same size
+    ((360, 480), 1080, (1080, 1440)),  # up
+    ((375, 500), 473, (473, 630)),  # int(500 * 473/375) = int(630.67) = 630, not 631
+  ],
+)
 def test_resize_short_sizes(hw, size, expected):
   image, label = _pair(*hw)
   out_image, out_label = T.resize_short(image, label, size)
@@ -45,13 +48,16 @@ def test_resize_short_without_label_and_as_grain_map():
   assert T.eval_transforms(3) == [T.ResizeShort(3)]
 
 
-@pytest.mark.parametrize("factor, expected_w", [
-  (0.25, 2),  # 10 * 0.25 = 2.5 -> 2 (cv2 rounds half to even)
-  (0.35, 4),  # 3.5 -> 4
-  (0.45, 4),  # 4.5 -> 4
-  (1.26, 13),  # 12.6 -> 13
-  (2.0, 20),
-])
+@pytest.mark.parametrize(
+  "factor, expected_w",
+  [
+    (0.25, 2),  # 10 * 0.25 = 2.5 -> 2 (cv2 rounds half to even)
+    (0.35, 4),  # 3.5 -> 4
+    (0.45, 4),  # 4.5 -> 4
+    (1.26, 13),  # 12.6 -> 13
+    (2.0, 20),
+  ],
+)
 def test_scale_rounds_the_size_like_cv2(factor, expected_w):
   image, label = _pair(10, 10)
   out_image, out_label = T.scale(image, label, factor)
@@ -114,11 +120,10 @@ def test_rand_crop_pads_then_draws_offsets_in_the_inclusive_range():
   label = np.arange(30, dtype=np.uint8).reshape(5, 6)  # unique ids locate the crop
   offsets = set()
   for seed in range(60):
-    out = T.RandCrop(4, 4).random_map({"image": image, "label": label},
-                                      np.random.default_rng(seed))
+    out = T.RandCrop(4, 4).random_map({"image": image, "label": label}, np.random.default_rng(seed))
     top, left = divmod(int(out["label"][0, 0]), 6)
-    np.testing.assert_array_equal(out["label"], label[top:top + 4, left:left + 4])
-    np.testing.assert_array_equal(out["image"], image[top:top + 4, left:left + 4])
+    np.testing.assert_array_equal(out["label"], label[top : top + 4, left : left + 4])
+    np.testing.assert_array_equal(out["image"], image[top : top + 4, left : left + 4])
     offsets.add((top, left))
   assert offsets == {(t, w) for t in range(2) for w in range(3)}  # 0..h-crop, 0..w-crop
   small = T.RandCrop(8, 8).random_map({"image": image, "label": label}, np.random.default_rng(0))
@@ -128,8 +133,9 @@ def test_rand_crop_pads_then_draws_offsets_in_the_inclusive_range():
   assert (small["image"][expected == 255] == T.PAD_COLOUR).all()
 
 
-@pytest.mark.parametrize("transform", [
-  T.RandRotate(p=0.5), T.RandGaussianBlur(p=0.5), T.RandHorizontalFlip(p=0.5)])
+@pytest.mark.parametrize(
+  "transform", [T.RandRotate(p=0.5), T.RandGaussianBlur(p=0.5), T.RandHorizontalFlip(p=0.5)]
+)
 def test_random_transforms_apply_with_probability_one_half(transform):
   image, label = _pair(12, 16)
   example = {"image": image, "label": label}
@@ -138,7 +144,8 @@ def test_random_transforms_apply_with_probability_one_half(transform):
     out = transform.random_map(example, np.random.default_rng(seed))
     changed += not np.array_equal(out["image"], image)
     np.testing.assert_array_equal(  # deterministic for a seed
-      out["image"], transform.random_map(example, np.random.default_rng(seed))["image"])
+      out["image"], transform.random_map(example, np.random.default_rng(seed))["image"]
+    )
   assert 70 < changed < 130
 
 
@@ -146,8 +153,9 @@ def test_blur_leaves_the_label_and_flip_mirrors_both():
   image, label = _pair(12, 16)
   for seed in range(10):
     rng = np.random.default_rng(seed)
-    assert T.RandGaussianBlur(p=1.0).random_map({"image": image, "label": label}, rng)[
-      "label"] is label
+    assert (
+      T.RandGaussianBlur(p=1.0).random_map({"image": image, "label": label}, rng)["label"] is label
+    )
     out = T.RandHorizontalFlip(p=1.0).random_map({"image": image, "label": label}, rng)
     np.testing.assert_array_equal(out["label"], label[:, ::-1])
     np.testing.assert_array_equal(out["image"], image[:, ::-1])
@@ -155,9 +163,12 @@ def test_blur_leaves_the_label_and_flip_mirrors_both():
 
 def test_rand_scale_factor_range():
   image, label = _pair(100, 100)
-  sizes = [T.RandScale(0.5, 2.0).random_map({"image": image, "label": label},
-                                             np.random.default_rng(s))["label"].shape[0]
-           for s in range(100)]
+  sizes = [
+    T.RandScale(0.5, 2.0)
+    .random_map({"image": image, "label": label}, np.random.default_rng(s))["label"]
+    .shape[0]
+    for s in range(100)
+  ]
   assert 50 <= min(sizes) < 70 and 180 < max(sizes) <= 200
 
 
@@ -167,8 +178,8 @@ def test_rand_rotate_angle_range():
   angles = []
   for seed in range(30):
     out = T.RandRotate(-10, 10, p=1.0).random_map(
-      {"image": np.zeros((201, 201, 3), np.uint8), "label": label},
-      np.random.default_rng(seed))["label"]
+      {"image": np.zeros((201, 201, 3), np.uint8), "label": label}, np.random.default_rng(seed)
+    )["label"]
     ys, xs = np.nonzero(out == 1)
     angles.append(np.degrees(np.arctan(-np.polyfit(xs, ys, 1)[0])))  # y points down
   assert max(np.abs(angles)) <= 10.2
@@ -219,6 +230,12 @@ def test_uint8_ops_stay_within_one_grey_level_of_the_official_float32_ops():
   close(T.scale(image, label, 0.61)[0], T.scale(official, label, 0.61)[0])
   close(T.blur(image), T.blur(official))
   matrix = cv2.getRotationMatrix2D((40, 30), 7.3, 1)
-  theirs = cv2.warpAffine(official, matrix, (80, 60), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=MEAN.tolist())
+  theirs = cv2.warpAffine(
+    official,
+    matrix,
+    (80, 60),
+    flags=cv2.INTER_LINEAR,
+    borderMode=cv2.BORDER_CONSTANT,
+    borderValue=MEAN.tolist(),
+  )
   close(T.rotate(image, label, 7.3)[0], theirs)  # the border: 124 vs 123.675 etc.

@@ -93,20 +93,41 @@ def test_accumulator_rejects_mismatched_shapes():
 
 
 def _result(dataset, miou, base_size=360, model="m"):
-  return {"dataset": dataset, "miou": miou, "miou_present": miou, "pixel_acc": 0.9,
-          "base_size": base_size, "scales": [1.0], "regime": "zero_shot", "model": model}
+  return {
+    "dataset": dataset,
+    "miou": miou,
+    "miou_present": miou,
+    "pixel_acc": 0.9,
+    "base_size": base_size,
+    "scales": [1.0],
+    "regime": "zero_shot",
+    "model": model,
+  }
 
 
 def test_paper_table_best_of_base_sizes_and_harmonic_mean():
-  values = {"voc2012": 0.7, "pascal-context-60": 0.4, "camvid-11": 0.8, "wilddash-19": 0.6,
-            "kitti-19": 0.65, "scannet-20": 0.5}
+  values = {
+    "voc2012": 0.7,
+    "pascal-context-60": 0.4,
+    "camvid-11": 0.8,
+    "wilddash-19": 0.6,
+    "kitti-19": 0.65,
+    "scannet-20": 0.5,
+  }
   results = []
   for d, v in values.items():
     results += [_result(d, v - 0.1, 360), _result(d, v, 720), _result(d, v - 0.05, 1080)]
   table = metrics.markdown_table(results)
   header, _, row = table.strip().splitlines()
-  assert header.split("|")[4:11] == [" VOC ", " PC ", " CamVid ", " WD ", " KITTI ", " SN ",
-                                     " h.mean "]
+  assert header.split("|")[4:11] == [
+    " VOC ",
+    " PC ",
+    " CamVid ",
+    " WD ",
+    " KITTI ",
+    " SN ",
+    " h.mean ",
+  ]
   hmean = 6 / sum(1 / v for v in values.values())
   cells = [c.strip() for c in row.split("|")[4:11]]
   assert cells == [f"{100 * v:.1f}" for v in values.values()] + [f"{100 * hmean:.1f}"]
@@ -129,8 +150,13 @@ def test_class_table_lists_every_class():
 
 
 def test_oracle_harmonic_mean_leaves_out_wilddash():
-  values = {"voc2012": 0.7, "pascal-context-60": 0.4, "camvid-11": 0.8, "kitti-19": 0.65,
-            "scannet-20": 0.5}
+  values = {
+    "voc2012": 0.7,
+    "pascal-context-60": 0.4,
+    "camvid-11": 0.8,
+    "kitti-19": 0.65,
+    "scannet-20": 0.5,
+  }
   results = [dict(_result(d, v), regime="oracle") for d, v in values.items()]
   (row,) = metrics.paper_rows(results)
   assert row["hmean"] == pytest.approx(5 / sum(1 / v for v in values.values()))
@@ -163,8 +189,9 @@ UNREL_PERSON = _map(taxonomy.class_id(COCO, "sky-other-merged"), taxonomy.class_
 
 def test_relabeled_correct_prediction_is_rewritten_to_the_unrelabeled_class():
   """Official pair 1: 'person' relabeled 'motorcyclist', predicted 'motorcyclist'."""
-  relabeled = _map(taxonomy.class_id(COCO_RELABELED, "sky"),
-                   taxonomy.class_id(COCO_RELABELED, "motorcyclist"))
+  relabeled = _map(
+    taxonomy.class_id(COCO_RELABELED, "sky"), taxonomy.class_id(COCO_RELABELED, "motorcyclist")
+  )
   pred, target = _reward_penalty(_map(U("sky"), U("motorcyclist")), UNREL_PERSON, relabeled)
   np.testing.assert_array_equal(target, _map(U("sky"), U("person")))
   np.testing.assert_array_equal(pred, target)  # 100% accuracy
@@ -173,8 +200,9 @@ def test_relabeled_correct_prediction_is_rewritten_to_the_unrelabeled_class():
 def test_relabeled_wrong_prediction_becomes_255():
   """Official pair 2: 'person' relabeled 'motorcyclist', predicted 'person' (the unrelabeled
   class): a miss. Pixels whose label was not changed keep their prediction, right or wrong."""
-  relabeled = _map(taxonomy.class_id(COCO_RELABELED, "sky"),
-                   taxonomy.class_id(COCO_RELABELED, "motorcyclist"))
+  relabeled = _map(
+    taxonomy.class_id(COCO_RELABELED, "sky"), taxonomy.class_id(COCO_RELABELED, "motorcyclist")
+  )
   prediction = _map(U("sky"), U("person"))
   prediction[0, 0] = U("car")
   pred, target = _reward_penalty(prediction, UNREL_PERSON, relabeled)
@@ -198,8 +226,9 @@ def test_relabeled_penalty_lowers_iou_and_pixel_accuracy():
   person: I = 4, T = 4 + 6, O = 4 -> IoU 0.4; sky: IoU 1; pixel accuracy (4 + 6) / 16."""
   unrelabeled = UNREL_PERSON.copy()
   unrelabeled[:, 0] = taxonomy.class_id(COCO, "person")
-  relabeled = _map(taxonomy.class_id(COCO_RELABELED, "sky"),
-                   taxonomy.class_id(COCO_RELABELED, "motorcyclist"))
+  relabeled = _map(
+    taxonomy.class_id(COCO_RELABELED, "sky"), taxonomy.class_id(COCO_RELABELED, "motorcyclist")
+  )
   relabeled[:, 0] = taxonomy.class_id(COCO_RELABELED, "person")
   prediction = _map(U("sky"), U("person"))
   prediction[:, 0] = U("person")
@@ -219,4 +248,6 @@ def test_relabeled_evaluations_get_their_own_table_row():
     r["regime"] = "training"
   rows = metrics.paper_rows(results)
   assert [(row["regime"], row["miou"]) for row in rows] == [
-    ("training", {"cityscapes-19": 0.5}), ("training+relabeled", {"cityscapes-19": 0.6})]
+    ("training", {"cityscapes-19": 0.5}),
+    ("training+relabeled", {"cityscapes-19": 0.6}),
+  ]

@@ -31,8 +31,10 @@ def relative_error(ours, ref) -> float:
 def run_golden(model, variables, size: str):
   """Logits and intermediates for the golden input at `size`, one compile."""
   x = nhwc(np.load(shared_path("golden", f"input_{size}.npy")))
-  forward = jax.jit(lambda v, x: model.apply(v, x, train=False, mutable=["intermediates"]),
-                    compiler_options=FAST_COMPILE)
+  forward = jax.jit(
+    lambda v, x: model.apply(v, x, train=False, mutable=["intermediates"]),
+    compiler_options=FAST_COMPILE,
+  )
   with jax.default_matmul_precision("highest"):  # no TF32 on GPU
     logits, state = forward(variables, x)
   return np.asarray(logits), {k: np.asarray(v[0]) for k, v in state["intermediates"].items()}
@@ -65,8 +67,9 @@ def test_small_golden_outputs_and_intermediates(golden_small, size):
 def test_return_quarter_gives_the_last_layer_logits(golden_small):
   model, variables = golden_small
   x = nhwc(np.load(shared_path("golden", "input_73x105.npy")))
-  quarter = jax.jit(lambda v, x: model.apply(v, x, train=False, return_quarter=True),
-                    compiler_options=FAST_COMPILE)(variables, x)
+  quarter = jax.jit(
+    lambda v, x: model.apply(v, x, train=False, return_quarter=True), compiler_options=FAST_COMPILE
+  )(variables, x)
   ref = nhwc(np.load(shared_path("golden", "hrnet_small_logits_quarter_73x105.npy")))
   assert quarter.shape == ref.shape == (1, 19, 27, 194)
   assert relative_error(quarter, ref) <= 1e-4
@@ -89,8 +92,9 @@ def test_bf16_compute_keeps_fp32_params_and_logits_at_any_size(golden_small):
   model, variables = golden_small
   x = jax.random.normal(jax.random.key(0), (2, 30, 44, 3))  # (H-1) % 8 != 0 is fine
   bf16_model = models.HRNet(config=model.config, dtype=jnp.bfloat16)
-  fp32, bf16 = jax.jit(lambda v, x: (model.apply(v, x), bf16_model.apply(v, x)),
-                       compiler_options=FAST_COMPILE)(variables, x)
+  fp32, bf16 = jax.jit(
+    lambda v, x: (model.apply(v, x), bf16_model.apply(v, x)), compiler_options=FAST_COMPILE
+  )(variables, x)
   assert fp32.shape == bf16.shape == (2, 30, 44, 194)
   assert bf16.dtype == jnp.float32
   assert relative_error(bf16, np.asarray(fp32)) < 0.1
@@ -114,7 +118,7 @@ def test_cpu_forward_computes_each_sum_once(train):
   variables = jax.eval_shape(model.init, jax.random.key(0), x)
   forward = jax.jit(lambda v, x: model.apply(v, x, train=train, mutable=["batch_stats"]))
   hlo = forward.lower(variables, x).compile(models.compiler_options()).as_text()
-  entry = hlo[hlo.index("ENTRY"):].splitlines()
+  entry = hlo[hlo.index("ENTRY") :].splitlines()
   convs = {line.split("=")[0].strip().lstrip("%") for line in entry if " convolution(" in line}
   reads = collections.Counter()
   for line in entry:
@@ -204,8 +208,10 @@ def test_batchnorm_train_step_follows_pytorch():
   x = jax.random.normal(jax.random.key(1), (2, 3, 3, 4)) * 3 + 1  # n = 18 per channel
   bn = models.BatchNorm()
   variables = bn.init(jax.random.key(0), x, train=False)
-  variables = {"params": {"scale": jnp.full(4, 2.0), "bias": jnp.full(4, 0.5)},
-               "batch_stats": {"mean": jnp.full(4, 0.3), "var": jnp.full(4, 1.7)}}
+  variables = {
+    "params": {"scale": jnp.full(4, 2.0), "bias": jnp.full(4, 0.5)},
+    "batch_stats": {"mean": jnp.full(4, 0.3), "var": jnp.full(4, 1.7)},
+  }
   y, updates = bn.apply(variables, x, train=True, mutable=["batch_stats"])
   xs = np.asarray(x, np.float64).reshape(-1, 4)
   mean, biased = xs.mean(0), xs.var(0)
@@ -215,12 +221,14 @@ def test_batchnorm_train_step_follows_pytorch():
   np.testing.assert_allclose(stats["mean"], 0.99 * 0.3 + 0.01 * mean, rtol=1e-6)
   np.testing.assert_allclose(stats["var"], 0.99 * 1.7 + 0.01 * biased * 18 / 17, rtol=1e-6)
   y_eval = bn.apply(variables, x, train=False)
-  np.testing.assert_allclose(y_eval, (np.asarray(x) - 0.3) / np.sqrt(1.7 + 1e-5) * 2 + 0.5,
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    y_eval, (np.asarray(x) - 0.3) / np.sqrt(1.7 + 1e-5) * 2 + 0.5, rtol=1e-5, atol=1e-5
+  )
 
 
-@pytest.mark.parametrize("in_hw, out_hw", [((7, 9), (23, 31)), ((45, 60), (17, 22)),
-                                           ((10, 10), (5, 20)), ((6, 8), (6, 8))])
+@pytest.mark.parametrize(
+  "in_hw, out_hw", [((7, 9), (23, 31)), ((45, 60), (17, 22)), ((10, 10), (5, 20)), ((6, 8), (6, 8))]
+)
 def test_resize_half_pixel_matches_cv2_up_and_down(in_hw, out_hw):
   image = np.random.RandomState(0).uniform(0, 255, (*in_hw, 3)).astype(np.float32)
   ours = models.resize_bilinear(image[None], out_hw, align_corners=False)[0]
@@ -228,8 +236,9 @@ def test_resize_half_pixel_matches_cv2_up_and_down(in_hw, out_hw):
   np.testing.assert_allclose(ours, ref, atol=2e-3)
 
 
-@pytest.mark.parametrize("in_hw, out_hw", [((5, 7), (17, 25)), ((19, 27), (73, 105)),
-                                           ((9, 9), (3, 5)), ((4, 6), (1, 1))])
+@pytest.mark.parametrize(
+  "in_hw, out_hw", [((5, 7), (17, 25)), ((19, 27), (73, 105)), ((9, 9), (3, 5)), ((4, 6), (1, 1))]
+)
 def test_resize_align_corners_keeps_corners_and_linear_ramps(in_hw, out_hw):
   (h, w), (oh, ow) = in_hw, out_hw
   yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")

@@ -18,15 +18,28 @@ from mseg_jax.taxonomy import __main__ as cli
 from mseg_jax.taxonomy import mseg_format
 
 MSEG_API = ("reference", "mseg-api")
-TEST_COLUMNS = ("kitti-19", "voc2012", "scannet-20", "camvid-11", "wilddash-19",
-                "pascal-context-60")
-NOT_DATASETS = ("Parent Category", "universal", "WordNet 3.1 Synset",
-                "Defn (Most of the meanings are derived from WordNet 3.1)",
-                "Modification of WordNet Node", "nyudepthv2-37", "scannet-37",
-                "test-nyudepthv2-37")
+TEST_COLUMNS = (
+  "kitti-19",
+  "voc2012",
+  "scannet-20",
+  "camvid-11",
+  "wilddash-19",
+  "pascal-context-60",
+)
+NOT_DATASETS = (
+  "Parent Category",
+  "universal",
+  "WordNet 3.1 Synset",
+  "Defn (Most of the meanings are derived from WordNet 3.1)",
+  "Modification of WordNet Node",
+  "nyudepthv2-37",
+  "scannet-37",
+  "test-nyudepthv2-37",
+)
 
 
 # --- An independent replica of mseg-api's rules, read straight from the staged files. ---------
+
 
 def genfromtxt_names(mseg_api: Path, dataset: str) -> list[str]:
   """names_utils.read_str_list: np.genfromtxt(delimiter="\\n", dtype=str)."""
@@ -69,11 +82,17 @@ def reference(mseg_api, master):
   d2u, u2d = {}, {}
   for d in columns:
     if d in TEST_COLUMNS:
-      u2d[d] = [(uname2uid[row["universal"].strip()], names[d].index(row[d]))
-                for row in master if row[d] != ""]
+      u2d[d] = [
+        (uname2uid[row["universal"].strip()], names[d].index(row[d]))
+        for row in master
+        if row[d] != ""
+      ]
     else:
-      d2u[d] = {names[d].index(c): uname2uid[row["universal"].strip()]
-                for row in master for c in parse_entry(row[d])}
+      d2u[d] = {
+        names[d].index(c): uname2uid[row["universal"].strip()]
+        for row in master
+        for c in parse_entry(row[d])
+      }
       d2u[d][255] = 255
   return {"uname2uid": uname2uid, "names": names, "d2u": d2u, "u2d": u2d}
 
@@ -152,13 +171,28 @@ def test_known_facts():
   assert len(pc60["background"]) == 94
   assert tx.projection_sources("camvid-11")["Bicyclist"] == ["bicyclist", "bicycle"]
   assert set(tx.projection_sources("kitti-19")["rider"]) == {
-    "rider_other", "bicyclist", "motorcyclist"}
+    "rider_other",
+    "bicyclist",
+    "motorcyclist",
+  }
   dropped = {d: int((tx.projection_matrix(d).sum(1) == 0).sum()) for d in tx.TEST_DATASETS}
-  assert dropped == {"camvid-11": 182, "kitti-19": 172, "wilddash-19": 171, "scannet-20": 157,
-                     "voc2012": 0, "pascal-context-60": 0}
+  assert dropped == {
+    "camvid-11": 182,
+    "kitti-19": 172,
+    "wilddash-19": 171,
+    "scannet-20": 157,
+    "voc2012": 0,
+    "pascal-context-60": 0,
+  }
   assert tx.UNRELABELED_TRAIN_DATASETS == (
-    "ade20k-150", "bdd", "cityscapes-19", "coco-panoptic-133", "idd-39", "mapillary-public65",
-    "sunrgbd-37")
+    "ade20k-150",
+    "bdd",
+    "cityscapes-19",
+    "coco-panoptic-133",
+    "idd-39",
+    "mapillary-public65",
+    "sunrgbd-37",
+  )
   assert len(tx.RELABELED_TRAIN_DATASETS) == 8
   assert tx.TEST_DATASETS == tuple(sorted(TEST_COLUMNS))  # mseg-api lists them sorted
   assert tx.class_id("pascal-context-60", "background") == 1
@@ -169,7 +203,8 @@ def test_mseg_api_unit_cases():
   """The lookups mseg-api's own tests check."""
   mapillary = tx.to_universal_lut("mapillary-public65")
   assert mapillary[tx.class_id("mapillary-public65", "Motorcyclist")] == tx.universal_id(
-    "motorcyclist")
+    "motorcyclist"
+  )
   assert mapillary[tx.class_id("mapillary-public65", "Bird")] == tx.universal_id("bird")
   assert mapillary[255] == 255
   ade = tx.to_universal_lut("ade20k-150")
@@ -179,19 +214,34 @@ def test_mseg_api_unit_cases():
 
 
 def test_real_ade20k_annotation_remaps_by_class_name(mseg_api):
-  path = (mseg_api / "tests/test_data/ADE20K_test_data/ADEChallengeData2016/annotations/"
-          "training/ADE_train_00000001.png")
+  path = (
+    mseg_api / "tests/test_data/ADE20K_test_data/ADEChallengeData2016/annotations/"
+    "training/ADE_train_00000001.png"
+  )
   raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
   assert raw.dtype == np.uint8 and raw.ndim == 2
   semseg = np.asarray(tx.remap_labels(raw, tx.pairwise_lut("ade20k-151", "ade20k-150")))
   universal = np.asarray(tx.remap_labels(semseg, tx.to_universal_lut("ade20k-150")))
   raw_names, u_names = tx.class_names("ade20k-151"), tx.universal_names()
   expected = {  # raw ADE20K class -> MSeg universal class (None = ignored)
-    "unlabeled": None, "wall": "wall", "floor": "floor", "tree": "vegetation",
-    "ceiling": "ceiling", "person": "person", "plant": None, "seat": "seat", "fence": "fence",
-    "column": "column", "signboard": None, "streetlight": "streetlight",
-    "escalator": "escalator", "fountain": "fountain", "pot": "potted_plant",
-    "ashcan": "trash_can", "flag": "flag"}
+    "unlabeled": None,
+    "wall": "wall",
+    "floor": "floor",
+    "tree": "vegetation",
+    "ceiling": "ceiling",
+    "person": "person",
+    "plant": None,
+    "seat": "seat",
+    "fence": "fence",
+    "column": "column",
+    "signboard": None,
+    "streetlight": "streetlight",
+    "escalator": "escalator",
+    "fountain": "fountain",
+    "pot": "potted_plant",
+    "ashcan": "trash_can",
+    "flag": "flag",
+  }
   present = {raw_names[i] for i in np.unique(raw)}
   assert present == set(expected)
   for raw_name, u_name in expected.items():
@@ -211,8 +261,10 @@ def test_shipped_data_equals_the_tool_output(mseg_api):
 
 def test_tool_writes_taxonomy_json(mseg_api, tmp_path, capsys):
   import importlib.util
+
   spec = importlib.util.spec_from_file_location(
-    "import_mseg_taxonomy", Path(__file__).parents[1] / "tools" / "import_mseg_taxonomy.py")
+    "import_mseg_taxonomy", Path(__file__).parents[1] / "tools" / "import_mseg_taxonomy.py"
+  )
   tool = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(tool)
   assert tool.main(["--mseg-api", str(mseg_api), "--out", str(tmp_path)]) == 0
@@ -225,6 +277,7 @@ def test_tool_writes_taxonomy_json(mseg_api, tmp_path, capsys):
 
 
 # --- The importer on small synthetic mseg-api trees. -------------------------------------------
+
 
 def write_tree(root: Path, names: dict[str, list[str]], master: str, eol: str = "\r\n") -> Path:
   for d, classes in names.items():
@@ -250,8 +303,9 @@ unlabeled\tjunk\t\t\t
 
 def test_importer_parses_mseg_cells(tmp_path):
   write_tree(tmp_path, NAMES, MASTER)
-  data = mseg_format.build_taxonomy(tmp_path, unrelabeled_train=("a",), relabeled_train=(),
-                                    test=("t",))
+  data = mseg_format.build_taxonomy(
+    tmp_path, unrelabeled_train=("a",), relabeled_train=(), test=("t",)
+  )
   assert data["universal"] == ["road", "sign", "pole"]
   # brace list with a name with a space and the string "None"; `unlabeled` row -> 255.
   assert data["to_universal"] == {"a": [0, 1, 1, 255]}
@@ -263,35 +317,55 @@ def test_importer_parses_mseg_cells(tmp_path):
 def test_importer_accepts_lf_and_short_rows(tmp_path):
   master = MASTER.replace("unlabeled\tjunk\t\t\t", "unlabeled\tjunk")
   write_tree(tmp_path, NAMES, master, eol="\n")
-  data = mseg_format.build_taxonomy(tmp_path, unrelabeled_train=("a",), relabeled_train=(),
-                                    test=("t",))
+  data = mseg_format.build_taxonomy(
+    tmp_path, unrelabeled_train=("a",), relabeled_train=(), test=("t",)
+  )
   assert data["to_universal"]["a"] == [0, 1, 1, 255]
 
 
-@pytest.mark.parametrize("master, message", [
-  (MASTER.replace("\troad\tground", "\troads\tground"),
-   r"row 0 \(line 2, universal 'road'\), column 2 'a': class 'roads' is not in a_names.txt"),
-  (MASTER.replace("pole\t\t", "pole\tjunk\t"),
-   r"row 3 \(line 5, universal 'unlabeled'\), column 2 'a': class 'junk' is mapped twice "
-   r"\(also in row 2, universal 'pole'\)"),
-  (MASTER.replace("sign\t{traffic sign,  None}", "sign\t{traffic sign, road}"),
-   r"row 1 \(line 3, universal 'sign'\), column 2 'a': class 'road' is mapped twice"),
-  (MASTER.replace("\tt\n", "\tfoo-7\n"),
-   r"line 1 \(header\), column 5 'foo-7': unknown dataset 'foo-7'"),
-  (MASTER.replace("Sign\npole", "Signs\npole"),
-   r"row 1 \(line 3, universal 'sign'\), column 5 't': class 'Signs' is not in t_names.txt"),
-  (MASTER.replace("\troad\tground", "\troad \tground"),
-   r"row 0 \(line 2, universal 'road'\), column 2 'a': cell 'road ' has surrounding whitespace"),
-  (MASTER.replace("pole\t", "road\t"), r"row 2 \(line 4\), column 'universal': universal class "
-   r"'road' repeats row 0"),
-  (MASTER.replace("pole\t\t\t\tSign\n", "") + "pole\t\t\t\tSign\n",
-   r"row 2 \(line 4\), column 'universal': the 'unlabeled' row must be the last row"),
-])
+@pytest.mark.parametrize(
+  "master, message",
+  [
+    (
+      MASTER.replace("\troad\tground", "\troads\tground"),
+      r"row 0 \(line 2, universal 'road'\), column 2 'a': class 'roads' is not in a_names.txt",
+    ),
+    (
+      MASTER.replace("pole\t\t", "pole\tjunk\t"),
+      r"row 3 \(line 5, universal 'unlabeled'\), column 2 'a': class 'junk' is mapped twice "
+      r"\(also in row 2, universal 'pole'\)",
+    ),
+    (
+      MASTER.replace("sign\t{traffic sign,  None}", "sign\t{traffic sign, road}"),
+      r"row 1 \(line 3, universal 'sign'\), column 2 'a': class 'road' is mapped twice",
+    ),
+    (
+      MASTER.replace("\tt\n", "\tfoo-7\n"),
+      r"line 1 \(header\), column 5 'foo-7': unknown dataset 'foo-7'",
+    ),
+    (
+      MASTER.replace("Sign\npole", "Signs\npole"),
+      r"row 1 \(line 3, universal 'sign'\), column 5 't': class 'Signs' is not in t_names.txt",
+    ),
+    (
+      MASTER.replace("\troad\tground", "\troad \tground"),
+      r"row 0 \(line 2, universal 'road'\), column 2 'a': cell 'road ' has surrounding whitespace",
+    ),
+    (
+      MASTER.replace("pole\t", "road\t"),
+      r"row 2 \(line 4\), column 'universal': universal class "
+      r"'road' repeats row 0",
+    ),
+    (
+      MASTER.replace("pole\t\t\t\tSign\n", "") + "pole\t\t\t\tSign\n",
+      r"row 2 \(line 4\), column 'universal': the 'unlabeled' row must be the last row",
+    ),
+  ],
+)
 def test_importer_rejects_malformed_tsv(tmp_path, master, message):
   tsv = write_tree(tmp_path, NAMES, master)
   with pytest.raises(mseg_format.TaxonomyError, match=message) as e:
-    mseg_format.build_taxonomy(tmp_path, unrelabeled_train=("a",), relabeled_train=(),
-                                    test=("t",))
+    mseg_format.build_taxonomy(tmp_path, unrelabeled_train=("a",), relabeled_train=(), test=("t",))
   assert str(tsv) in str(e.value)
 
 
@@ -299,34 +373,42 @@ def test_importer_reads_pairwise_tsvs(tmp_path):
   names = NAMES | {"a-raw": ["unlabeled", "road", "sign", "junk"]}
   write_tree(tmp_path, names, MASTER)
   pair = tmp_path / "mseg/class_remapping_files/a-raw_to_a.tsv"
-  pair.write_text("a-raw\ta\r\nunlabeled\tunlabeled\r\nroad\troad\r\nsign\ttraffic sign\r\n"
-                  "junk\tunlabeled\r\nunlabeled\tunlabeled\r\n")
-  data = mseg_format.build_taxonomy(tmp_path, unrelabeled_train=("a",), relabeled_train=(),
-                                    test=("t",))
+  pair.write_text(
+    "a-raw\ta\r\nunlabeled\tunlabeled\r\nroad\troad\r\nsign\ttraffic sign\r\n"
+    "junk\tunlabeled\r\nunlabeled\tunlabeled\r\n"
+  )
+  data = mseg_format.build_taxonomy(
+    tmp_path, unrelabeled_train=("a",), relabeled_train=(), test=("t",)
+  )
   expected = [255, 0, 1, 255] + [255] * 252
   assert data["pairwise"] == {"a-raw>a": expected}
   pair.write_text("a-raw\ta\nunlabeled\tunlabeled\nroad\troad\nsign\tsign\njunk\tunlabeled\n")
   with pytest.raises(mseg_format.TaxonomyError, match=r"line 4, column 'a': class 'sign' is not"):
-    mseg_format.build_taxonomy(tmp_path, unrelabeled_train=("a",), relabeled_train=(),
-                                    test=("t",))
+    mseg_format.build_taxonomy(tmp_path, unrelabeled_train=("a",), relabeled_train=(), test=("t",))
   pair.write_text("a-raw\ta\nroad\troad\nsign\ttraffic sign\n")
   with pytest.raises(mseg_format.TaxonomyError, match=r"no row for a-raw class\(es\) \['unlab"):
-    mseg_format.build_taxonomy(tmp_path, unrelabeled_train=("a",), relabeled_train=(),
-                                    test=("t",))
+    mseg_format.build_taxonomy(tmp_path, unrelabeled_train=("a",), relabeled_train=(), test=("t",))
 
 
 def test_custom_taxonomy_is_used_through_the_environment(tmp_path):
   write_tree(tmp_path / "api", NAMES, MASTER)
-  data = mseg_format.build_taxonomy(tmp_path / "api", unrelabeled_train=("a",),
-                                    relabeled_train=(), test=("t",))
+  data = mseg_format.build_taxonomy(
+    tmp_path / "api", unrelabeled_train=("a",), relabeled_train=(), test=("t",)
+  )
   path = mseg_format.write_taxonomy(data, tmp_path / "custom")
   env = dict(os.environ, MSEG_JAX_TAXONOMY=str(path), JAX_PLATFORMS="cpu")
-  run = subprocess.run([sys.executable, "-m", "mseg_jax.taxonomy", "projection", "t"],
-                       env=env, capture_output=True, text=True, check=True)
+  run = subprocess.run(
+    [sys.executable, "-m", "mseg_jax.taxonomy", "projection", "t"],
+    env=env,
+    capture_output=True,
+    text=True,
+    check=True,
+  )
   assert run.stdout.splitlines()[:2] == ["t  Road <- road", "t  Sign <- sign, pole"]
 
 
 # --- Jitted ops. --------------------------------------------------------------------------------
+
 
 def test_remap_labels_single_and_stacked():
   rng = np.random.default_rng(0)
@@ -340,8 +422,7 @@ def test_remap_labels_single_and_stacked():
   assert out.dtype == np.uint8 and out.shape == labels.shape
   for n, d in enumerate(index):
     np.testing.assert_array_equal(out[n], tx.to_universal_lut(datasets[d])[labels[n]])
-  np.testing.assert_array_equal(
-    np.asarray(tx.remap_labels(labels, stacked[1])), stacked[1][labels])
+  np.testing.assert_array_equal(np.asarray(tx.remap_labels(labels, stacked[1])), stacked[1][labels])
   assert (out[:, 0, 0] == 255).all()
   # ids outside the table (int labels) become 255; a 19-class dataset's ids >= 19 too.
   wide = np.array([[0, 18, 19, 254, 255, 256, 1000, -1]], np.int32)
@@ -368,8 +449,9 @@ def test_project_probs_sums_probabilities():
     assert out.shape == (2, 5, 6, matrix.shape[1])
     np.testing.assert_allclose(out, probs @ matrix, rtol=1e-6, atol=1e-7)
   # voc2012 receives every universal class, so its probabilities still sum to 1.
-  np.testing.assert_allclose(np.asarray(tx.project_probs(probs, tx.projection_matrix("voc2012")))
-                             .sum(-1), 1, rtol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(tx.project_probs(probs, tx.projection_matrix("voc2012"))).sum(-1), 1, rtol=1e-5
+  )
   # bicyclist + bicycle are summed into camvid Bicyclist and beat person; sky stays Sky; dog
   # (no camvid class) is dropped.
   p = np.zeros((1, 1, 2, 194), np.float32)
@@ -386,6 +468,7 @@ def test_project_probs_sums_probabilities():
 
 # --- Naive taxonomy, palette, lookups, CLI. -------------------------------------------------------
 
+
 def test_naive_taxonomy_matches_naive_taxonomy_converter():
   expected = []
   for d in tx.UNRELABELED_TRAIN_DATASETS:
@@ -397,7 +480,8 @@ def test_naive_taxonomy_matches_naive_taxonomy_converter():
     lut = tx.naive_lut(d)
     assert lut[255] == 255
     assert [logit_names[i] for i in lut[: len(tx.class_names(d))]] == [
-      n.lower() for n in tx.class_names(d)]
+      n.lower() for n in tx.class_names(d)
+    ]
   matrix = tx.naive_projection_matrix("camvid-11")
   assert matrix.shape == (316, 11) and not matrix[255].any()
   for u, k in zip(*np.nonzero(matrix), strict=True):

@@ -10,11 +10,24 @@ from mseg_jax import taxonomy, train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # DATA.dataset of config/train/1080_release/mseg-unrelabeled.yaml and mseg-relabeled-3m.yaml
-UNRELABELED = ("ade20k-150", "bdd", "cityscapes-19", "coco-panoptic-133", "idd-39",
-               "mapillary-public65", "sunrgbd-37")
-RELABELED = ("ade20k-150-relabeled", "bdd-relabeled", "cityscapes-19-relabeled",
-             "coco-panoptic-133-relabeled", "idd-39-relabeled", "mapillary-public65-relabeled",
-             "sunrgbd-37-relabeled")
+UNRELABELED = (
+  "ade20k-150",
+  "bdd",
+  "cityscapes-19",
+  "coco-panoptic-133",
+  "idd-39",
+  "mapillary-public65",
+  "sunrgbd-37",
+)
+RELABELED = (
+  "ade20k-150-relabeled",
+  "bdd-relabeled",
+  "cityscapes-19-relabeled",
+  "coco-panoptic-133-relabeled",
+  "idd-39-relabeled",
+  "mapillary-public65-relabeled",
+  "sunrgbd-37-relabeled",
+)
 
 
 def _config(name: str, arg: str | None = None):
@@ -24,13 +37,16 @@ def _config(name: str, arg: str | None = None):
   return module.get_config() if arg is None else module.get_config(arg)
 
 
-@pytest.mark.parametrize("name,arg,crop,short,batch,steps,relabeled", [
+@pytest.mark.parametrize(
+  "name,arg,crop,short,batch,steps,relabeled",
+  [
     ("mseg_3m", "1080p", 713, 1080, 35, 600_000, True),
     ("mseg_3m", "720p", 593, 720, 49, 428_571, True),
     ("mseg_3m", "480p", 473, 480, 84, 250_000, True),
     ("mseg_1m", None, 713, 1080, 14, 500_000, True),
     ("mseg_1m", "unrelabeled", 713, 1080, 35, 200_000, False),
-])
+  ],
+)
 def test_mseg_recipes(name, arg, crop, short, batch, steps, relabeled):
   config = _config(name, arg)
   assert (config.data.crop_size, config.data.short_size, config.batch_size) == (crop, short, batch)
@@ -58,10 +74,18 @@ def test_uneven_batch_split_is_an_error():
 
 
 def test_pretrained_backbone_keeps_a_mismatched_head_and_finetuning_refuses_it():
-  init = {"params": {"conv1": {"kernel": np.zeros((3, 3, 3, 4), np.float32)},
-                     "last_layer.3": {"kernel": np.zeros((1, 1, 4, 19), np.float32)}}}
-  pretrained = {"params": {"conv1": {"kernel": np.ones((3, 3, 3, 4), np.float32)},
-                           "last_layer.3": {"kernel": np.ones((1, 1, 4, 194), np.float32)}}}
+  init = {
+    "params": {
+      "conv1": {"kernel": np.zeros((3, 3, 3, 4), np.float32)},
+      "last_layer.3": {"kernel": np.zeros((1, 1, 4, 19), np.float32)},
+    }
+  }
+  pretrained = {
+    "params": {
+      "conv1": {"kernel": np.ones((3, 3, 3, 4), np.float32)},
+      "last_layer.3": {"kernel": np.ones((1, 1, 4, 194), np.float32)},
+    }
+  }
   merged, kept = train.merge_pretrained(init, pretrained, strict=False, source="imagenet")
   assert (merged["params"]["conv1"]["kernel"] == 1).all()
   assert (merged["params"]["last_layer.3"]["kernel"] == 0).all()

@@ -29,10 +29,17 @@ def _settings():
 
 
 SPEC = [  # the 11 parameters with stored gradients
-    "conv1.weight", "bn1.weight", "bn1.bias", "stage4.1.branches.3.1.bn2.weight",
-    "stage4.1.fuse_layers.0.3.0.weight", "stage4.1.fuse_layers.3.0.2.0.weight",
-    "last_layer.0.weight", "last_layer.0.bias", "last_layer.1.weight", "last_layer.3.weight",
-    "last_layer.3.bias",
+  "conv1.weight",
+  "bn1.weight",
+  "bn1.bias",
+  "stage4.1.branches.3.1.bn2.weight",
+  "stage4.1.fuse_layers.0.3.0.weight",
+  "stage4.1.fuse_layers.3.0.2.0.weight",
+  "last_layer.0.weight",
+  "last_layer.0.bias",
+  "last_layer.1.weight",
+  "last_layer.3.weight",
+  "last_layer.3.bias",
 ]
 EPS32 = 2.0**-23
 
@@ -42,16 +49,22 @@ def golden():
   expected = dict(np.load(shared_path("golden", "train_step_expected.npz"), allow_pickle=False))
   inputs = dict(np.load(shared_path("golden", "train_step_inputs.npz"), allow_pickle=False))
   state_dict = models.checkpoint_state_dict(
-      torch_checkpoint.load(shared_path("golden", "hrnet_small_random.pth")))
+    torch_checkpoint.load(shared_path("golden", "hrnet_small_random.pth"))
+  )
   config = models.preset("small")
   variables = models.state_dict_to_variables(state_dict, config)
   return expected, inputs, state_dict, config, variables
 
 
 def _tx(expected):
-  optim = ml_collections.ConfigDict(dict(
-      base_lr=float(expected["hp/base_lr"]), momentum=float(expected["hp/momentum"]),
-      weight_decay=float(expected["hp/weight_decay"]), power=float(expected["hp/power"])))
+  optim = ml_collections.ConfigDict(
+    dict(
+      base_lr=float(expected["hp/base_lr"]),
+      momentum=float(expected["hp/momentum"]),
+      weight_decay=float(expected["hp/weight_decay"]),
+      power=float(expected["hp/power"]),
+    )
+  )
   return train.create_optimizer(optim, int(expected["hp/max_iter"]))
 
 
@@ -62,12 +75,15 @@ def run(golden):
   expected, inputs, _, config, variables = golden
   model = models.HRNet(config=config)
   luts = np.arange(256, dtype=np.uint8)[None]  # labels are universal ids already
-  batch = {"image": jnp.asarray(inputs["images_rgb_uint8"]),
-           "label": jnp.asarray(inputs["labels"].astype(np.uint8)),
-           "dataset": jnp.zeros(2, jnp.int32)}
+  batch = {
+    "image": jnp.asarray(inputs["images_rgb_uint8"]),
+    "label": jnp.asarray(inputs["labels"].astype(np.uint8)),
+    "dataset": jnp.zeros(2, jnp.int32),
+  }
   tx, schedule = _tx(expected)
-  grad_fn = jax.jit(jax.value_and_grad(
-      functools.partial(train.forward_loss, model=model, luts=luts), has_aux=True))
+  grad_fn = jax.jit(
+    jax.value_and_grad(functools.partial(train.forward_loss, model=model, luts=luts), has_aux=True)
+  )
   apply_fn = jax.jit(functools.partial(train.apply_gradients, tx=tx))
   state = train.init_state(model, tx, None, variables)
   out = {}
@@ -76,14 +92,16 @@ def run(golden):
     (loss, (batch_stats, _)), grads = grad_fn(state["params"], state["batch_stats"], batch)
     state = apply_fn(state, grads, batch_stats)
     out[f"loss{k}"] = float(loss)
-    out[f"state{k}"] = models.variables_to_state_dict(jax.device_get(
-        {"params": state["params"], "batch_stats": state["batch_stats"]}))
+    out[f"state{k}"] = models.variables_to_state_dict(
+      jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
+    )
     if k == 1:
       out["grads"] = models.variables_to_state_dict(
-          {"params": jax.device_get(grads), "batch_stats": variables["batch_stats"]})
-  quarter, _ = jax.jit(functools.partial(model.apply, train=True, return_quarter=True,
-                                         mutable=["batch_stats"]))(
-      variables, normalize(batch["image"]))
+        {"params": jax.device_get(grads), "batch_stats": variables["batch_stats"]}
+      )
+  quarter, _ = jax.jit(
+    functools.partial(model.apply, train=True, return_quarter=True, mutable=["batch_stats"])
+  )(variables, normalize(batch["image"]))
   out["quarter"] = np.asarray(quarter)
   out["step"] = int(state["step"])
   return out
@@ -108,7 +126,7 @@ def test_2_logits_quarter_step1(golden, run):
 
 def test_3_bn_stats_after_step1(golden, run):
   expected, _, p0, *_ = golden
-  keys = [k[len("bn_after_step1/"):] for k in expected if k.startswith("bn_after_step1/")]
+  keys = [k[len("bn_after_step1/") :] for k in expected if k.startswith("bn_after_step1/")]
   assert len(keys) == 252
   for key in keys:
     ref = expected[f"bn_after_step1/{key}"]

@@ -18,10 +18,14 @@ def _hand_loss(logits, labels, dataset, num_datasets):
   """Official multi-GPU loss by hand: mean over each dataset's valid pixels, then over datasets."""
   per_dataset = []
   for d in range(num_datasets):
-    ces = [_hand_ce(logits[n, i, j], labels[n, i, j])
-           for n in range(len(dataset)) if dataset[n] == d
-           for i in range(labels.shape[1]) for j in range(labels.shape[2])
-           if labels[n, i, j] != 255]
+    ces = [
+      _hand_ce(logits[n, i, j], labels[n, i, j])
+      for n in range(len(dataset))
+      if dataset[n] == d
+      for i in range(labels.shape[1])
+      for j in range(labels.shape[2])
+      if labels[n, i, j] != 255
+    ]
     if ces:
       per_dataset.append(np.mean(ces))
   return np.mean(per_dataset)
@@ -42,7 +46,8 @@ def small_case():
 def test_multi_dataset_loss_matches_hand_computation(small_case):
   logits, labels, dataset = small_case
   loss, per_dataset, counts = train.multi_dataset_loss(
-      jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(dataset), 3)
+    jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(dataset), 3
+  )
   np.testing.assert_allclose(loss, _hand_loss(logits, labels, dataset, 3), rtol=1e-6)
   np.testing.assert_array_equal(counts, [(labels[:2] != 255).sum(), 3, 15])
   # each dataset weighs the same, whatever its pixel count: not the pooled pixel mean
@@ -53,8 +58,9 @@ def test_multi_dataset_loss_matches_hand_computation(small_case):
 
 def test_one_dataset_is_the_plain_mean_over_valid_pixels(small_case):
   logits, labels, _ = small_case
-  loss, _, _ = train.multi_dataset_loss(jnp.asarray(logits), jnp.asarray(labels),
-                                        jnp.zeros(4, jnp.int32), 1)
+  loss, _, _ = train.multi_dataset_loss(
+    jnp.asarray(logits), jnp.asarray(labels), jnp.zeros(4, jnp.int32), 1
+  )
   valid = labels != 255
   ces = [_hand_ce(z, y) for z, y in zip(logits[valid], labels[valid], strict=True)]
   np.testing.assert_allclose(loss, np.mean(ces), rtol=1e-6)
@@ -65,7 +71,8 @@ def test_dataset_without_valid_pixels_gets_no_weight(small_case):
   labels = labels.copy()
   labels[3] = 255  # dataset 2: nothing valid
   loss, per_dataset, _ = train.multi_dataset_loss(
-      jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(dataset), 4)  # dataset 3 absent
+    jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(dataset), 4
+  )  # dataset 3 absent
   assert np.isfinite(loss)
   np.testing.assert_allclose(loss, _hand_loss(logits, labels, dataset, 4), rtol=1e-6)
   assert per_dataset[2] == 0 and per_dataset[3] == 0
@@ -74,10 +81,8 @@ def test_dataset_without_valid_pixels_gets_no_weight(small_case):
 def test_poly_schedule_follows_the_official_formula():
   schedule = train.poly_schedule(0.01, 600_000, 0.9)
   for k in (1, 2, 10, 1234, 300_000, 599_999, 600_000):  # 1-based step k uses count k-1
-    np.testing.assert_allclose(schedule(k - 1), 0.01 * (1 - (k - 1) / 600_000) ** 0.9,
-                               rtol=1e-5)
-  np.testing.assert_allclose(train.poly_schedule(0.01, 10, 0.9)(1), 0.009095325760829623,
-                             rtol=1e-6)
+    np.testing.assert_allclose(schedule(k - 1), 0.01 * (1 - (k - 1) / 600_000) ** 0.9, rtol=1e-5)
+  np.testing.assert_allclose(train.poly_schedule(0.01, 10, 0.9)(1), 0.009095325760829623, rtol=1e-6)
 
 
 def test_sgd_puts_weight_decay_into_the_momentum_buffer():

@@ -21,11 +21,11 @@ from mseg_jax.input_pipeline import catalog, sources, synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [  # a tiny HRNet on tiny crops, for the resume test
-    "--config.model.arch.stage1_planes=8",
-    "--config.model.arch.stage_widths=((4, 8), (4, 8, 16), (4, 8, 16, 32))",
-    "--config.data.crop_size=33",
-    "--config.batch_size=3",
-    "--config.eval.datasets=()",
+  "--config.model.arch.stage1_planes=8",
+  "--config.model.arch.stage_widths=((4, 8), (4, 8, 16), (4, 8, 16, 32))",
+  "--config.data.crop_size=33",
+  "--config.batch_size=3",
+  "--config.eval.datasets=()",
 ]
 
 
@@ -37,14 +37,25 @@ def data_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict[str, str]:
   cache = tmp_path_factory.mktemp("jax_cache")
-  return dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-              JAX_DISABLE_MOST_OPTIMIZATIONS="1")  # compiles 2x faster
+  return dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    JAX_COMPILATION_CACHE_DIR=str(cache),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    JAX_DISABLE_MOST_OPTIMIZATIONS="1",
+  )  # compiles 2x faster
 
 
 def _command(workdir: Path, data_root: Path, *overrides: str) -> list[str]:
-  return [sys.executable, "-m", "mseg_jax.train", "--config=configs/demo.py",
-          f"--workdir={workdir}", f"--config.data.data_root={data_root}", *overrides]
+  return [
+    sys.executable,
+    "-m",
+    "mseg_jax.train",
+    "--config=configs/demo.py",
+    f"--workdir={workdir}",
+    f"--config.data.data_root={data_root}",
+    *overrides,
+  ]
 
 
 def _run(command, env) -> subprocess.CompletedProcess:
@@ -64,8 +75,12 @@ def _checkpoint_steps(workdir: Path) -> list[int]:
 
 
 STEPS = 60
-RUN = [*TINY, f"--config.total_steps={STEPS}", "--config.log_every=1",
-       "--config.checkpoint.every_steps=20"]
+RUN = [
+  *TINY,
+  f"--config.total_steps={STEPS}",
+  "--config.log_every=1",
+  "--config.checkpoint.every_steps=20",
+]
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +93,14 @@ def straight(tmp_path_factory, data_root, env) -> Path:
 
 def test_sigterm_then_resume_equals_a_straight_run(tmp_path, data_root, env, straight):
   resumed = tmp_path / "resumed"
-  proc = subprocess.Popen(_command(resumed, data_root, *RUN), cwd=REPO, env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+    _command(resumed, data_root, *RUN),
+    cwd=REPO,
+    env=env,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   deadline = time.monotonic() + 600
   while not any(m["step"] >= 3 for m in _metrics(resumed)):
     assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-4000:]
@@ -97,8 +118,9 @@ def test_sigterm_then_resume_equals_a_straight_run(tmp_path, data_root, env, str
   assert logged[-1] == STEPS and interrupted_at + 1 in logged
   _, want = models.load_checkpoint(straight / "model")
   _, got = models.load_checkpoint(resumed / "model")
-  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(want)[0],
-                          jax.tree.leaves(got), strict=True):
+  for (path, a), b in zip(
+    jax.tree_util.tree_flatten_with_path(want)[0], jax.tree.leaves(got), strict=True
+  ):
     np.testing.assert_allclose(b, a, rtol=0, atol=1e-6, err_msg=jax.tree_util.keystr(path))
   assert _metrics(straight)[-1]["loss"] < _metrics(straight)[0]["loss"]  # it trained
 
@@ -109,9 +131,19 @@ def test_nan_loss_stops_the_run_and_saves_nothing(tmp_path, data_root, env, stra
   models.save_checkpoint(tmp_path / "nan_model", model.config, variables)
   workdir = tmp_path / "nan"
   proc = subprocess.run(
-      _command(workdir, data_root, *RUN, "--config.init.kind=finetune",
-               f"--config.init.checkpoint={tmp_path / 'nan_model'}"),
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    _command(
+      workdir,
+      data_root,
+      *RUN,
+      "--config.init.kind=finetune",
+      f"--config.init.checkpoint={tmp_path / 'nan_model'}",
+    ),
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert proc.returncode != 0
   assert "FloatingPointError: step 1: loss nan" in proc.stderr, proc.stderr[-4000:]
   assert _checkpoint_steps(workdir) == [] and not (workdir / "model").exists()
@@ -120,8 +152,9 @@ def test_nan_loss_stops_the_run_and_saves_nothing(tmp_path, data_root, env, stra
 def _majority_miou(data_root: Path, dataset: str, num_classes: int) -> float:
   """mIoU of the best constant prediction: IoU n_c / n_valid for the class c, 0 elsewhere."""
   counts = np.zeros(256, np.int64)
-  pairs = sources.read_list(catalog.list_path(data_root, dataset, "val"),
-                            catalog.dataset_root(data_root, dataset))
+  pairs = sources.read_list(
+    catalog.list_path(data_root, dataset, "val"), catalog.dataset_root(data_root, dataset)
+  )
   for _, label_path in pairs:
     counts += np.bincount(sources.load_label(label_path).ravel(), minlength=256)
   valid = counts[:num_classes]

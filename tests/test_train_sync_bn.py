@@ -61,11 +61,16 @@ np.savez(sys.argv[1], **out)
 
 
 def test_sharded_step_equals_single_device_step(tmp_path):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1")  # compiles 2x faster
+  env = dict(
+    os.environ,
+    XLA_FLAGS="--xla_force_host_platform_device_count=4",
+    JAX_PLATFORMS="cpu",
+    JAX_DISABLE_MOST_OPTIMIZATIONS="1",
+  )  # compiles 2x faster
   out = tmp_path / "out.npz"
-  proc = subprocess.run([sys.executable, "-c", CHILD, str(out)], env=env, capture_output=True,
-                        text=True, timeout=900)
+  proc = subprocess.run(
+    [sys.executable, "-c", CHILD, str(out)], env=env, capture_output=True, text=True, timeout=900
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = np.load(out)
   keys = [k[2:] for k in result.files if k.startswith("1/")]

@@ -22,8 +22,9 @@ from tqdm import tqdm
 from mseg_jax import models, torch_checkpoint
 
 
-def convert(input_path: Path, output: Path, backbone_only: bool = False,
-            num_classes: int = 194, seed: int = 0) -> models.HRNetConfig:
+def convert(
+  input_path: Path, output: Path, backbone_only: bool = False, num_classes: int = 194, seed: int = 0
+) -> models.HRNetConfig:
   """Reads `input_path`, checks it against the inferred architecture, writes `output`."""
   state_dict = models.checkpoint_state_dict(torch_checkpoint.load(input_path), str(input_path))
   if backbone_only:
@@ -49,12 +50,18 @@ def check(directory: Path, input_npy: Path, output_npy: Path) -> tuple[float, fl
   expected = (x.shape[0], model.config.num_classes, *x.shape[2:])
   if y.shape != expected:
     raise ValueError(f"{output_npy}: expected logits of shape {expected}, got {y.shape}")
-  forward = jax.jit(lambda v, image: model.apply(v, image[None], train=False)[0],
-                    compiler_options=models.compiler_options())
+  forward = jax.jit(
+    lambda v, image: model.apply(v, image[None], train=False)[0],
+    compiler_options=models.compiler_options(),
+  )
   with jax.default_matmul_precision("highest"):
     images = x.transpose(0, 2, 3, 1).astype(np.float32)
-    ours = np.stack([np.asarray(forward(variables, image))
-                     for image in tqdm(images, desc="check", disable=len(images) < 2)])
+    ours = np.stack(
+      [
+        np.asarray(forward(variables, image))
+        for image in tqdm(images, desc="check", disable=len(images) < 2)
+      ]
+    )
   ref = y.transpose(0, 2, 3, 1)
   rel = float(np.abs(ours - ref).max() / np.abs(ref).max())
   agreement = float((ours.argmax(-1) == ref.argmax(-1)).mean())
@@ -65,15 +72,19 @@ def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--input", type=Path, required=True, help="PyTorch .pth checkpoint")
   parser.add_argument("--output", type=Path, required=True, help="output checkpoint directory")
-  parser.add_argument("--backbone-only", action="store_true",
-                      help="load an ImageNet HRNet classification checkpoint into the backbone; "
-                           "the segmentation head is initialized randomly")
+  parser.add_argument(
+    "--backbone-only",
+    action="store_true",
+    help="load an ImageNet HRNet classification checkpoint into the backbone; "
+    "the segmentation head is initialized randomly",
+  )
   parser.add_argument("--num-classes", type=int, default=194, help="head size (--backbone-only)")
   parser.add_argument("--seed", type=int, default=0, help="head init seed (--backbone-only)")
   parser.add_argument("--check-input", type=Path, help="(N,3,H,W) float32 normalized images")
   parser.add_argument("--check-output", type=Path, help="(N,C,H,W) logits PyTorch gave for them")
-  parser.add_argument("--rtol", type=float, default=2e-4,
-                      help="max |diff| / max |reference| allowed by the check")
+  parser.add_argument(
+    "--rtol", type=float, default=2e-4, help="max |diff| / max |reference| allowed by the check"
+  )
   args = parser.parse_args(argv)
   if (args.check_input is None) != (args.check_output is None):
     parser.error("--check-input and --check-output go together")
@@ -84,8 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
   rel, agreement = check(args.output, args.check_input, args.check_output)
   ok = rel <= args.rtol
-  print(f"check: max|diff|/max|ref| = {rel:.3g} (rtol {args.rtol:g}), "
-        f"argmax agreement = {agreement:.6f}: {'OK' if ok else 'FAILED'}")
+  print(
+    f"check: max|diff|/max|ref| = {rel:.3g} (rtol {args.rtol:g}), "
+    f"argmax agreement = {agreement:.6f}: {'OK' if ok else 'FAILED'}"
+  )
   return 0 if ok else 1
 
 

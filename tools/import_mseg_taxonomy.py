@@ -22,22 +22,37 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--mseg-api", required=True, help="mseg-api checkout (mseg/ inside)")
   parser.add_argument("--tsv", help="master TSV (default: mseg-api's MSeg_master.tsv)")
   parser.add_argument("--out", required=True, help="output folder for taxonomy.json")
-  parser.add_argument("--unrelabeled-train", type=_names,
-                      default=mseg_format.MSEG_UNRELABELED_TRAIN, help="comma-separated")
-  parser.add_argument("--relabeled-train", type=_names,
-                      default=mseg_format.MSEG_RELABELED_TRAIN, help="comma-separated")
-  parser.add_argument("--test", type=_names, default=mseg_format.MSEG_TEST,
-                      help="comma-separated test-dataset columns")
+  parser.add_argument(
+    "--unrelabeled-train",
+    type=_names,
+    default=mseg_format.MSEG_UNRELABELED_TRAIN,
+    help="comma-separated",
+  )
+  parser.add_argument(
+    "--relabeled-train",
+    type=_names,
+    default=mseg_format.MSEG_RELABELED_TRAIN,
+    help="comma-separated",
+  )
+  parser.add_argument(
+    "--test",
+    type=_names,
+    default=mseg_format.MSEG_TEST,
+    help="comma-separated test-dataset columns",
+  )
   args = parser.parse_args(argv)
   try:
     data = mseg_format.build_taxonomy(
-      args.mseg_api, args.tsv, args.unrelabeled_train, args.relabeled_train, args.test)
+      args.mseg_api, args.tsv, args.unrelabeled_train, args.relabeled_train, args.test
+    )
   except mseg_format.TaxonomyError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   out = mseg_format.write_taxonomy(data, args.out)
-  print(f"{len(data['universal'])} universal classes, {len(data['classes'])} dataset taxonomies, "
-        f"{len(data['pairwise'])} pairwise remaps, {len(data['naive'])} naive classes -> {out}")
+  print(
+    f"{len(data['universal'])} universal classes, {len(data['classes'])} dataset taxonomies, "
+    f"{len(data['pairwise'])} pairwise remaps, {len(data['naive'])} naive classes -> {out}"
+  )
   for d, lut in data["to_universal"].items():
     unmapped = [n for n, u in zip(data["classes"][d], lut, strict=True) if u == mseg_format.IGNORE]
     if unmapped:

@@ -67,7 +67,8 @@ def dataset_examples(
   ds = grain.MapDataset.source(source).seed(_dataset_seed(seed, index)).shuffle().repeat()
   ds = ds.map(sources.Decode(num_classes=len(taxonomy.class_names(name))))
   ds = grain.experimental.apply_transformations(
-    ds, transforms.train_transforms(short_size, crop_size))
+    ds, transforms.train_transforms(short_size, crop_size)
+  )
   return ds.map(_Tag(index))
 
 
@@ -120,21 +121,32 @@ def train_dataset(
     raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
   streams = []
   for index, (name, share, (lo, hi)) in enumerate(
-      zip(datasets, shares, local_rows(shares, process_index, process_count), strict=True)):
+    zip(datasets, shares, local_rows(shares, process_index, process_count), strict=True)
+  ):
     if lo == hi:
       continue
     examples = dataset_examples(
-      name, index, data_root=data_root, crop_size=crop_size, short_size=short_size, seed=seed,
-      roots=roots, lists_dir=lists_dir, split=split)
+      name,
+      index,
+      data_root=data_root,
+      crop_size=crop_size,
+      short_size=short_size,
+      seed=seed,
+      roots=roots,
+      lists_dir=lists_dir,
+      split=split,
+    )
     streams += [examples[row::share] for row in range(lo, hi)]
   steps = min(len(s) for s in streams)
   ds = grain.experimental.ZipMapDataset([s[:steps] for s in streams]).map(_stack)
   ds = ds.to_iter_dataset(
-    grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(num_threads, 1)))
+    grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(num_threads, 1))
+  )
   if num_workers > 0:
     if not flags.FLAGS.is_parsed():  # grain workers read absl flags; outside absl.app.run
       flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(
       grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=1),
-      worker_init_fn=_init_worker)
+      worker_init_fn=_init_worker,
+    )
   return ds

@@ -50,9 +50,7 @@ DEFAULT_ROOTS: dict[str, str] = {
 }
 
 
-def dataset_root(
-  data_root: str | Path, name: str, roots: dict[str, str] | None = None
-) -> Path:
+def dataset_root(data_root: str | Path, name: str, roots: dict[str, str] | None = None) -> Path:
   """The data root of dataset `name`; `roots` overrides it (absolute or relative to data_root)."""
   if roots and name in roots:
     return Path(data_root) / roots[name]  # an absolute override replaces data_root

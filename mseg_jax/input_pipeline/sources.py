@@ -108,11 +108,13 @@ class ListSource(grain.sources.RandomAccessDataSource):
     for line_no, rgb, label in _parse_list(self.list_file):
       if label is None and require_labels:
         raise InputError(f"{self.list_file}:{line_no}: line has no label path")
-      self._records.append({
-        "image": str(root / rgb),
-        "label": None if label is None else str(root / label),
-        "where": f"{self.list_file}:{line_no}",
-      })
+      self._records.append(
+        {
+          "image": str(root / rgb),
+          "label": None if label is None else str(root / label),
+          "where": f"{self.list_file}:{line_no}",
+        }
+      )
     if not self._records:
       raise InputError(f"{self.list_file}: list file has no samples")
 

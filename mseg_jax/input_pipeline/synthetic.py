@@ -103,7 +103,7 @@ def _street(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
   while x < w:  # a row of buildings standing on the horizon
     bw = int(rng.integers(w // 8, w // 3))
     top = int(rng.integers(int(0.05 * h), max(int(0.05 * h) + 1, horizon - h // 8)))
-    lab[top:horizon + 2, max(x, 0):x + bw] = _uid("building")
+    lab[top : horizon + 2, max(x, 0) : x + bw] = _uid("building")
     x += bw + int(rng.integers(0, w // 10))
   for _ in range(rng.integers(1, 4)):  # trees in front of the buildings
     cx, cy = int(rng.integers(0, w)), horizon - int(rng.integers(h // 20, h // 6))
@@ -111,20 +111,28 @@ def _street(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     cv2.ellipse(lab, (cx, cy), axes, 0, 0, 360, _uid("vegetation"), -1)
   lab[horizon:] = _uid("sidewalk_pavement")
   vx = int(w * rng.uniform(0.35, 0.65))
-  road = np.array([[vx - w // 30, horizon], [vx + w // 30, horizon],
-                   [int(w * rng.uniform(0.9, 1.3)), h], [int(w * rng.uniform(-0.3, 0.1)), h]])
+  road = np.array(
+    [
+      [vx - w // 30, horizon],
+      [vx + w // 30, horizon],
+      [int(w * rng.uniform(0.9, 1.3)), h],
+      [int(w * rng.uniform(-0.3, 0.1)), h],
+    ]
+  )
   cv2.fillPoly(lab, [road.astype(np.int32)], _uid("road"))
   if rng.random() < 0.6:
     fx = int(rng.integers(0, w // 2))
-    lab[horizon - h // 14:horizon + 1, fx:fx + int(rng.integers(w // 6, w // 2))] = _uid("fence")
+    lab[horizon - h // 14 : horizon + 1, fx : fx + int(rng.integers(w // 6, w // 2))] = _uid(
+      "fence"
+    )
   for _ in range(rng.integers(1, 3)):  # poles with signs
     px, base = int(rng.integers(0, w)), int(rng.integers(horizon + h // 20, h))
     top = int(rng.integers(h // 10, horizon))
     pw = max(2, w // 60)
-    lab[top:base, px:px + pw] = _uid("pole")
+    lab[top:base, px : px + pw] = _uid("pole")
     if rng.random() < 0.7:
       s = max(4, h // 14)
-      lab[top:top + s, px - s // 2:px + pw + s // 2] = _uid("traffic_sign")
+      lab[top : top + s, px - s // 2 : px + pw + s // 2] = _uid("traffic_sign")
   for _ in range(rng.integers(1, 4)):  # cars on the road, larger when nearer
     cy = int(rng.integers(horizon + h // 12, h))
     size = (cy - horizon) / (h - horizon)
@@ -146,28 +154,41 @@ def _indoor(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
   lab[:ceil] = _uid("ceiling")
   lab[floor:] = _uid("floor")
   wx = int(rng.integers(0, w // 2))
-  cv2.rectangle(lab, (wx, ceil + h // 12), (wx + int(rng.integers(w // 6, w // 3)), floor - h // 6),
-                _uid("window"), -1)
+  cv2.rectangle(
+    lab,
+    (wx, ceil + h // 12),
+    (wx + int(rng.integers(w // 6, w // 3)), floor - h // 6),
+    _uid("window"),
+    -1,
+  )
   dx = int(rng.integers(w // 2, w - w // 8))
-  lab[int(floor - h * rng.uniform(0.35, 0.5)):floor, dx:dx + w // 8] = _uid("door")
+  lab[int(floor - h * rng.uniform(0.35, 0.5)) : floor, dx : dx + w // 8] = _uid("door")
   if rng.random() < 0.7:
     px, py = int(rng.integers(0, w - w // 6)), int(rng.integers(ceil + 2, floor - h // 5))
-    lab[py:py + h // 10, px:px + w // 7] = _uid("painting")
+    lab[py : py + h // 10, px : px + w // 7] = _uid("painting")
   if rng.random() < 0.6:
     cx = int(rng.integers(0, w - w // 5))
-    lab[floor - h // 4:floor + h // 20, cx:cx + w // 5] = _uid("cabinet")
+    lab[floor - h // 4 : floor + h // 20, cx : cx + w // 5] = _uid("cabinet")
   if rng.random() < 0.7:
     bx, by = int(rng.integers(-w // 10, w // 2)), int(rng.integers(floor + h // 20, h - h // 10))
-    lab[by - h // 8:by + h // 6, max(bx, 0):bx + int(w * rng.uniform(0.3, 0.5))] = _uid("bed")
+    lab[by - h // 8 : by + h // 6, max(bx, 0) : bx + int(w * rng.uniform(0.3, 0.5))] = _uid("bed")
   if rng.random() < 0.7:
     tx, ty = int(rng.integers(0, w - w // 4)), int(rng.integers(floor, h - h // 8))
     tw = int(rng.integers(w // 6, w // 4))
-    lab[ty - h // 30:ty, tx:tx + tw] = _uid("table")
-    lab[ty:ty + h // 10, tx:tx + max(2, w // 60)] = _uid("table")
-    lab[ty:ty + h // 10, tx + tw - max(2, w // 60):tx + tw] = _uid("table")
+    lab[ty - h // 30 : ty, tx : tx + tw] = _uid("table")
+    lab[ty : ty + h // 10, tx : tx + max(2, w // 60)] = _uid("table")
+    lab[ty : ty + h // 10, tx + tw - max(2, w // 60) : tx + tw] = _uid("table")
     if rng.random() < 0.6:
-      cv2.ellipse(lab, (tx + tw // 2, ty - h // 30 - h // 20), (w // 40 + 1, h // 20), 0, 0, 360,
-                  _uid("lamp"), -1)
+      cv2.ellipse(
+        lab,
+        (tx + tw // 2, ty - h // 30 - h // 20),
+        (w // 40 + 1, h // 20),
+        0,
+        0,
+        360,
+        _uid("lamp"),
+        -1,
+      )
   if rng.random() < 0.4:
     px, fy = int(rng.integers(w // 8, w - w // 8)), int(rng.integers(floor + h // 10, h))
     ph = int(h * rng.uniform(0.35, 0.55))
@@ -176,8 +197,9 @@ def _indoor(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
   return lab
 
 
-def render(indoor: bool, rng: np.random.Generator, height: int, width: int
-           ) -> tuple[np.ndarray, np.ndarray]:
+def render(
+  indoor: bool, rng: np.random.Generator, height: int, width: int
+) -> tuple[np.ndarray, np.ndarray]:
   """(uint8 RGB image, uint8 universal label) of one random street or indoor scene."""
   label = (_indoor if indoor else _street)(rng, height, width)
   return paint(label, rng), label
@@ -242,8 +264,10 @@ def write_synthetic(
       image, universal = render(dataset in _INDOOR_DATASETS, rng, *size)
       rgb = f"images/{split}/{dataset}_{i:04d}.png"
       label = f"semseg_{dataset}/{split}/{dataset}_{i:04d}.png"
-      for rel, array in ((rgb, cv2.cvtColor(image, cv2.COLOR_RGB2BGR)),
-                         (label, inverses[dataset][universal])):
+      for rel, array in (
+        (rgb, cv2.cvtColor(image, cv2.COLOR_RGB2BGR)),
+        (label, inverses[dataset][universal]),
+      ):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(root / rel), array, [cv2.IMWRITE_PNG_COMPRESSION, 1])
       lines.append(f"{rgb} {label}\n")
@@ -265,8 +289,9 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--height", type=int, default=128)
   parser.add_argument("--width", type=int, default=160)
   args = parser.parse_args(argv)
-  out = write_synthetic(args.out, args.seed, args.num_train, args.num_val, args.num_test,
-                        (args.height, args.width))
+  out = write_synthetic(
+    args.out, args.seed, args.num_train, args.num_val, args.num_test, (args.height, args.width)
+  )
   print(f"wrote {', '.join(SYNTHETIC_TRAIN_DATASETS + SYNTHETIC_TEST_DATASETS)} under {out}")
 
 

@@ -61,10 +61,22 @@ def rotate(image: np.ndarray, label: np.ndarray, angle: float):
   """
   h, w = label.shape
   matrix = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1)
-  image = cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_CONSTANT, borderValue=PAD_COLOUR)
-  label = cv2.warpAffine(label, matrix, (w, h), flags=cv2.INTER_NEAREST,
-                         borderMode=cv2.BORDER_CONSTANT, borderValue=IGNORE)
+  image = cv2.warpAffine(
+    image,
+    matrix,
+    (w, h),
+    flags=cv2.INTER_LINEAR,
+    borderMode=cv2.BORDER_CONSTANT,
+    borderValue=PAD_COLOUR,
+  )
+  label = cv2.warpAffine(
+    label,
+    matrix,
+    (w, h),
+    flags=cv2.INTER_NEAREST,
+    borderMode=cv2.BORDER_CONSTANT,
+    borderValue=IGNORE,
+  )
   return image, label
 
 
@@ -173,9 +185,11 @@ class RandCrop(grain.transforms.RandomMap):
     h, w = label.shape
     top = int(rng.integers(0, h - self.crop_h + 1))
     left = int(rng.integers(0, w - self.crop_w + 1))
-    window = np.s_[top:top + self.crop_h, left:left + self.crop_w]
-    return {"image": np.ascontiguousarray(image[window]),
-            "label": np.ascontiguousarray(label[window])}
+    window = np.s_[top : top + self.crop_h, left : left + self.crop_w]
+    return {
+      "image": np.ascontiguousarray(image[window]),
+      "label": np.ascontiguousarray(label[window]),
+    }
 
 
 def train_transforms(

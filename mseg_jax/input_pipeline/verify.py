@@ -67,17 +67,16 @@ def verify_split(
   list_file = catalog.list_path(data_root, name, split, roots, lists_dir)
   report = SplitReport(name, split, list_file, num_classes)
   try:
-    source = sources.ListSource(list_file, catalog.dataset_root(data_root, name, roots),
-                                require_labels=False)
+    source = sources.ListSource(
+      list_file, catalog.dataset_root(data_root, name, roots), require_labels=False
+    )
   except sources.InputError as e:
     report.errors.append(str(e))
     return report
   report.samples = len(source)
   with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:  # cv2 releases the GIL
-    results = pool.map(_check, (source[i] for i in range(len(source))),
-                       [num_classes] * len(source))
-    for error, example in tqdm.tqdm(results, total=len(source), desc=f"{name} {split}",
-                                    unit="img"):
+    results = pool.map(_check, (source[i] for i in range(len(source))), [num_classes] * len(source))
+    for error, example in tqdm.tqdm(results, total=len(source), desc=f"{name} {split}", unit="img"):
       if error is not None:
         report.errors.append(error)
       else:
@@ -98,7 +97,7 @@ def summary_table(reports: list[SplitReport]) -> str:
   ]
   for r in reports:
     total = int(r.pixels.sum())
-    seen = int(np.count_nonzero(r.pixels[:r.num_classes]))
+    seen = int(np.count_nonzero(r.pixels[: r.num_classes]))
     ignore = f"{100.0 * r.pixels[sources.IGNORE] / total:.1f}%" if total else "-"
     lines.append(
       f"| {r.dataset} | {r.split} | {r.samples} | {r.labelled} | {len(r.errors)} "
@@ -118,13 +117,22 @@ def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description="Check MSeg datasets on disk before training.")
   parser.add_argument("--data-root", required=True, help="parent of mseg_dataset/ (MSEG_DST_DIR)")
   parser.add_argument("--datasets", required=True, help="comma-separated dataset names")
-  parser.add_argument("--splits", default=None,
-                      help="comma-separated splits (default: val for the test datasets, "
-                           "train,val for the others)")
-  parser.add_argument("--roots", type=_parse_roots, default=None,
-                      help="per-dataset root overrides: name=path[,name=path...]")
-  parser.add_argument("--lists-dir", default=None,
-                      help="read lists from <lists-dir>/<name>/list/ (mseg-api dataset_lists)")
+  parser.add_argument(
+    "--splits",
+    default=None,
+    help="comma-separated splits (default: val for the test datasets, train,val for the others)",
+  )
+  parser.add_argument(
+    "--roots",
+    type=_parse_roots,
+    default=None,
+    help="per-dataset root overrides: name=path[,name=path...]",
+  )
+  parser.add_argument(
+    "--lists-dir",
+    default=None,
+    help="read lists from <lists-dir>/<name>/list/ (mseg-api dataset_lists)",
+  )
   parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
   parser.add_argument("--max-errors", type=int, default=20, help="errors printed per split")
   args = parser.parse_args(argv)
@@ -136,10 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
       splits = ["val"] if name in taxonomy.TEST_DATASETS else ["train", "val"]
     for split in splits:
-      reports.append(verify_split(args.data_root, name, split, args.roots, args.lists_dir,
-                                  args.threads))
+      reports.append(
+        verify_split(args.data_root, name, split, args.roots, args.lists_dir, args.threads)
+      )
   for r in reports:
-    for error in r.errors[:args.max_errors]:
+    for error in r.errors[: args.max_errors]:
       print(f"ERROR {error}")
     if len(r.errors) > args.max_errors:
       print(f"... and {len(r.errors) - args.max_errors} more errors in {r.list_file}")

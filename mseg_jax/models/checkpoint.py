@@ -24,23 +24,27 @@ def save_checkpoint(directory: str | Path, config: HRNetConfig, variables: dict[
   """Writes config + params + batch_stats (fp32) to `directory`, replacing a previous model."""
   directory = Path(directory).absolute()
   directory.mkdir(parents=True, exist_ok=True)
-  state = {c: jax.tree.map(lambda x: np.asarray(x, np.float32), jax.device_get(variables[c]))
-           for c in ("params", "batch_stats")}
+  state = {
+    c: jax.tree.map(lambda x: np.asarray(x, np.float32), jax.device_get(variables[c]))
+    for c in ("params", "batch_stats")
+  }
   (directory / CONFIG_FILE).write_text(json.dumps({"config": config.to_dict()}, indent=2) + "\n")
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(directory / VARIABLES_DIR, state, force=True)
     checkpointer.wait_until_finished()
 
 
-def load_checkpoint(directory: str | Path,
-                    dtype: Any = jnp.float32) -> tuple[HRNet, dict[str, Any]]:
+def load_checkpoint(
+  directory: str | Path, dtype: Any = jnp.float32
+) -> tuple[HRNet, dict[str, Any]]:
   """(HRNet(config, dtype), {"params", "batch_stats"}) from a directory save_checkpoint wrote."""
   directory = Path(directory).absolute()
   config_file = directory / CONFIG_FILE
   if not config_file.is_file():
     raise FileNotFoundError(
-        f"{directory}: no {CONFIG_FILE}, not a mseg_jax model checkpoint (write one with "
-        "tools/convert_torch_weights.py or models.save_checkpoint)")
+      f"{directory}: no {CONFIG_FILE}, not a mseg_jax model checkpoint (write one with "
+      "tools/convert_torch_weights.py or models.save_checkpoint)"
+    )
   try:
     config = HRNetConfig.from_dict(json.loads(config_file.read_text())["config"])
   except (KeyError, TypeError, ValueError) as e:
@@ -50,6 +54,7 @@ def load_checkpoint(directory: str | Path,
     try:
       variables = checkpointer.restore(directory / VARIABLES_DIR, target)
     except (FileNotFoundError, ValueError) as e:
-      raise ValueError(f"{directory / VARIABLES_DIR}: cannot restore the variables of "
-                       f"{config}: {e}") from e
+      raise ValueError(
+        f"{directory / VARIABLES_DIR}: cannot restore the variables of {config}: {e}"
+      ) from e
   return HRNet(config=config, dtype=dtype), variables

@@ -35,8 +35,9 @@ def checkpoint_state_dict(checkpoint: Any, path: str = "checkpoint") -> dict[str
   """
   state_dict = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
   if not isinstance(state_dict, dict):
-    raise ConversionError(f"{path}: expected a state_dict or a dict with 'state_dict', "
-                          f"got {type(checkpoint).__name__}")
+    raise ConversionError(
+      f"{path}: expected a state_dict or a dict with 'state_dict', got {type(checkpoint).__name__}"
+    )
   out = {}
   for key, value in state_dict.items():
     if not isinstance(key, str) or not isinstance(value, np.ndarray):
@@ -54,8 +55,9 @@ def _num_indices(state_dict: dict[str, Any], pattern: str) -> int:
   return max(found) + 1 if found else 0
 
 
-def infer_config(state_dict: dict[str, np.ndarray], num_classes: int | None = None,
-                 path: str = "state_dict") -> HRNetConfig:
+def infer_config(
+  state_dict: dict[str, np.ndarray], num_classes: int | None = None, path: str = "state_dict"
+) -> HRNetConfig:
   """HRNetConfig from key names and shapes; num_classes from `last_layer.3.weight` unless given."""
 
   def shape(key):
@@ -69,21 +71,26 @@ def infer_config(state_dict: dict[str, np.ndarray], num_classes: int | None = No
     s = rf"stage{stage}\."
     branches = _num_indices(state_dict, s + r"0\.branches\.(\d+)\.")
     modules.append(_num_indices(state_dict, s + r"(\d+)\."))
-    blocks.append(tuple(_num_indices(state_dict, s + rf"0\.branches\.{b}\.(\d+)\.conv1\.weight")
-                        for b in range(branches)))
-    widths.append(tuple(shape(f"stage{stage}.0.branches.{b}.0.conv1.weight")[0]
-                        for b in range(branches)))
+    blocks.append(
+      tuple(
+        _num_indices(state_dict, s + rf"0\.branches\.{b}\.(\d+)\.conv1\.weight")
+        for b in range(branches)
+      )
+    )
+    widths.append(
+      tuple(shape(f"stage{stage}.0.branches.{b}.0.conv1.weight")[0] for b in range(branches))
+    )
     stage += 1
   if not modules:
     raise ConversionError(f"{path}: cannot infer the HRNet architecture, no stage2.* keys")
   try:
     return HRNetConfig(
-        num_classes=int(shape("last_layer.3.weight")[0] if num_classes is None else num_classes),
-        stage1_blocks=_num_indices(state_dict, r"layer1\.(\d+)\.conv1\.weight"),
-        stage1_planes=int(shape("layer1.0.conv1.weight")[0]),
-        stage_modules=tuple(modules),
-        stage_blocks=tuple(blocks),
-        stage_widths=tuple(tuple(int(w) for w in ws) for ws in widths),
+      num_classes=int(shape("last_layer.3.weight")[0] if num_classes is None else num_classes),
+      stage1_blocks=_num_indices(state_dict, r"layer1\.(\d+)\.conv1\.weight"),
+      stage1_planes=int(shape("layer1.0.conv1.weight")[0]),
+      stage_modules=tuple(modules),
+      stage_blocks=tuple(blocks),
+      stage_widths=tuple(tuple(int(w) for w in ws) for ws in widths),
     )
   except ValueError as e:
     raise ConversionError(f"{path}: not an HRNetV2 state_dict: {e}") from e
@@ -113,22 +120,35 @@ def torch_shapes(config: HRNetConfig) -> dict[str, tuple[int, ...]]:
   return shapes
 
 
-def _check(state_dict: dict[str, np.ndarray], expected: dict[str, tuple[int, ...]],
-           config: HRNetConfig, path: str) -> None:
+def _check(
+  state_dict: dict[str, np.ndarray],
+  expected: dict[str, tuple[int, ...]],
+  config: HRNetConfig,
+  path: str,
+) -> None:
   missing = [k for k in expected if k not in state_dict]
   unexpected = [k for k in state_dict if k not in expected]
-  wrong = [f"{k}: {tuple(state_dict[k].shape)}, expected {expected[k]}"
-           for k in expected if k in state_dict and tuple(state_dict[k].shape) != expected[k]]
-  not_float = [f"{k}: {state_dict[k].dtype}" for k in expected
-               if k in state_dict and not np.issubdtype(state_dict[k].dtype, np.floating)]
-  problems = [(f"missing keys ({len(missing)})", missing),
-              (f"unexpected keys ({len(unexpected)})", unexpected),
-              (f"keys with the wrong shape ({len(wrong)})", wrong),
-              (f"keys that are not floating point ({len(not_float)})", not_float)]
+  wrong = [
+    f"{k}: {tuple(state_dict[k].shape)}, expected {expected[k]}"
+    for k in expected
+    if k in state_dict and tuple(state_dict[k].shape) != expected[k]
+  ]
+  not_float = [
+    f"{k}: {state_dict[k].dtype}"
+    for k in expected
+    if k in state_dict and not np.issubdtype(state_dict[k].dtype, np.floating)
+  ]
+  problems = [
+    (f"missing keys ({len(missing)})", missing),
+    (f"unexpected keys ({len(unexpected)})", unexpected),
+    (f"keys with the wrong shape ({len(wrong)})", wrong),
+    (f"keys that are not floating point ({len(not_float)})", not_float),
+  ]
   problems = [(title, items) for title, items in problems if items]
   if problems:
-    details = "\n".join(f"  {title}:\n" + "\n".join(f"    {item}" for item in items)
-                        for title, items in problems)
+    details = "\n".join(
+      f"  {title}:\n" + "\n".join(f"    {item}" for item in items) for title, items in problems
+    )
     raise ConversionError(f"{path}: state_dict does not match {config}:\n{details}")
 
 
@@ -148,8 +168,9 @@ def _to_variables(state_dict: dict[str, np.ndarray], config: HRNetConfig) -> dic
   return {"params": params, "batch_stats": batch_stats}
 
 
-def state_dict_to_variables(state_dict: dict[str, np.ndarray], config: HRNetConfig,
-                            path: str = "state_dict") -> dict[str, Any]:
+def state_dict_to_variables(
+  state_dict: dict[str, np.ndarray], config: HRNetConfig, path: str = "state_dict"
+) -> dict[str, Any]:
   """Flax variables (numpy fp32) from a full segmentation state_dict, checked key by key."""
   _check(state_dict, torch_shapes(config), config, path)
   return _to_variables(state_dict, config)
@@ -169,8 +190,10 @@ def _init_head(config: HRNetConfig, seed: int) -> dict[str, Any]:
     if "kernel" in leaves:
       shape = leaves["kernel"].shape
       bound = 1 / np.sqrt(np.prod(shape[:3]))
-      params[name] = {"kernel": rng.normal(0, 0.001, shape).astype(np.float32),
-                      "bias": rng.uniform(-bound, bound, shape[3]).astype(np.float32)}
+      params[name] = {
+        "kernel": rng.normal(0, 0.001, shape).astype(np.float32),
+        "bias": rng.uniform(-bound, bound, shape[3]).astype(np.float32),
+      }
     else:
       (c,) = leaves["scale"].shape
       params[name] = {"scale": np.ones(c, np.float32), "bias": np.zeros(c, np.float32)}
@@ -178,8 +201,9 @@ def _init_head(config: HRNetConfig, seed: int) -> dict[str, Any]:
   return {"params": params, "batch_stats": batch_stats}
 
 
-def backbone_to_variables(state_dict: dict[str, np.ndarray], config: HRNetConfig,
-                          seed: int = 0, path: str = "state_dict") -> dict[str, Any]:
+def backbone_to_variables(
+  state_dict: dict[str, np.ndarray], config: HRNetConfig, seed: int = 0, path: str = "state_dict"
+) -> dict[str, Any]:
   """Loads an ImageNet HRNet checkpoint into the backbone; `last_layer` is freshly initialized.
 
   The classification head (incre_modules, downsamp_modules, final_layer, classifier) and any

@@ -54,34 +54,34 @@ class HRNetConfig:
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> "HRNetConfig":
     return cls(
-        num_classes=int(d["num_classes"]),
-        stage1_blocks=int(d["stage1_blocks"]),
-        stage1_planes=int(d["stage1_planes"]),
-        stage_modules=tuple(int(m) for m in d["stage_modules"]),
-        stage_blocks=tuple(tuple(int(b) for b in s) for s in d["stage_blocks"]),
-        stage_widths=tuple(tuple(int(w) for w in s) for s in d["stage_widths"]),
+      num_classes=int(d["num_classes"]),
+      stage1_blocks=int(d["stage1_blocks"]),
+      stage1_planes=int(d["stage1_planes"]),
+      stage_modules=tuple(int(m) for m in d["stage_modules"]),
+      stage_blocks=tuple(tuple(int(b) for b in s) for s in d["stage_blocks"]),
+      stage_widths=tuple(tuple(int(w) for w in s) for s in d["stage_widths"]),
     )
 
 
 def _standard(width: int, num_classes: int) -> HRNetConfig:
   widths = tuple(width * 2**b for b in range(4))
   return HRNetConfig(
-      num_classes=num_classes,
-      stage_widths=(widths[:2], widths[:3], widths),
+    num_classes=num_classes,
+    stage_widths=(widths[:2], widths[:3], widths),
   )
 
 
 def preset(name: str, num_classes: int = 194) -> HRNetConfig:
-  """"hrnet_w48" (the released MSeg model), "hrnet_w32", "hrnet_w18", or "small" (golden)."""
+  """ "hrnet_w48" (the released MSeg model), "hrnet_w32", "hrnet_w18", or "small" (golden)."""
   if name in ("hrnet_w18", "hrnet_w32", "hrnet_w48"):
-    return _standard(int(name[len("hrnet_w"):]), num_classes)
+    return _standard(int(name[len("hrnet_w") :]), num_classes)
   if name == "small":
     return HRNetConfig(
-        num_classes=num_classes,
-        stage1_blocks=2,
-        stage_modules=(1, 2, 2),
-        stage_blocks=((2, 2), (2, 2, 2), (2, 2, 2, 2)),
-        stage_widths=((18, 36), (18, 36, 72), (18, 36, 72, 144)),
+      num_classes=num_classes,
+      stage1_blocks=2,
+      stage_modules=(1, 2, 2),
+      stage_blocks=((2, 2), (2, 2, 2), (2, 2, 2, 2)),
+      stage_widths=((18, 36), (18, 36, 72), (18, 36, 72, 144)),
     )
   raise ValueError(f"unknown HRNet preset {name!r}; use hrnet_w48, hrnet_w32, hrnet_w18 or small")
 
@@ -158,8 +158,9 @@ class BranchwiseHeadConv(nn.Module):
   def __call__(self, xs: list[jnp.ndarray]) -> jnp.ndarray:
     widths = [x.shape[-1] for x in xs]
     fan_in = sum(widths)
-    kernel = self.param("kernel", nn.initializers.normal(0.001),
-                        (1, 1, fan_in, self.features), jnp.float32)
+    kernel = self.param(
+      "kernel", nn.initializers.normal(0.001), (1, 1, fan_in, self.features), jnp.float32
+    )
     bias = self.param("bias", _torch_bias_init(fan_in), (self.features,), jnp.float32)
     kernels = jnp.split(kernel[0, 0].astype(self.dtype), np.cumsum(widths)[:-1])
     size = xs[0].shape[1:3]
@@ -185,17 +186,34 @@ class HRNet(nn.Module):
   dtype: Any = jnp.float32
   bn_folded: bool = False  # inference-only variant made by fold_batch_norm
 
-  def _conv(self, x, name: str, features: int, kernel: int = 3, stride: int = 1,
-            bias: bool = False):
+  def _conv(
+    self, x, name: str, features: int, kernel: int = 3, stride: int = 1, bias: bool = False
+  ):
     fan_in = x.shape[-1] * kernel * kernel
     return nn.Conv(
-        features, (kernel, kernel), strides=(stride, stride),
-        padding=[(kernel // 2, kernel // 2)] * 2, use_bias=bias, dtype=self.dtype,
-        param_dtype=jnp.float32, kernel_init=nn.initializers.normal(0.001),
-        bias_init=_torch_bias_init(fan_in), name=name)(x)
+      features,
+      (kernel, kernel),
+      strides=(stride, stride),
+      padding=[(kernel // 2, kernel // 2)] * 2,
+      use_bias=bias,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      kernel_init=nn.initializers.normal(0.001),
+      bias_init=_torch_bias_init(fan_in),
+      name=name,
+    )(x)
 
-  def _conv_bn(self, x, conv: str, bn: str, features: int, kernel: int, stride: int,
-               train: bool, bias: bool = False):
+  def _conv_bn(
+    self,
+    x,
+    conv: str,
+    bn: str,
+    features: int,
+    kernel: int,
+    stride: int,
+    train: bool,
+    bias: bool = False,
+  ):
     """Conv then BatchNorm; one conv with bias when the BN is folded into it."""
     if self.bn_folded:
       if train:
@@ -243,8 +261,7 @@ class HRNet(nn.Module):
       return resize_bilinear(x, target.shape[1:3], align_corners=False)
     for k in range(i - j):
       last = k == i - j - 1
-      x = self._sequential(x, f"{name}.{k}", target.shape[-1] if last else x.shape[-1], 3, 2,
-                           train)
+      x = self._sequential(x, f"{name}.{k}", target.shape[-1] if last else x.shape[-1], 3, 2, train)
       if not last:
         x = nn.relu(x)
     return x
@@ -257,17 +274,22 @@ class HRNet(nn.Module):
         xs[b] = self._basic_block(xs[b], f"{name}.branches.{b}.{k}", train)
     out = []
     for i in range(len(xs)):
-      y = xs[0] if i == 0 else self._fuse_term(xs[0], f"{name}.fuse_layers.{i}.0", i, 0,
-                                                 xs[i], train)
+      y = (
+        xs[0] if i == 0 else self._fuse_term(xs[0], f"{name}.fuse_layers.{i}.0", i, 0, xs[i], train)
+      )
       for j in range(1, len(xs)):
-        y = y + (xs[j] if i == j else self._fuse_term(xs[j], f"{name}.fuse_layers.{i}.{j}", i,
-                                                       j, xs[i], train))
+        y = y + (
+          xs[j]
+          if i == j
+          else self._fuse_term(xs[j], f"{name}.fuse_layers.{i}.{j}", i, j, xs[i], train)
+        )
       out.append(materialize(nn.relu(y)))
     return out
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, train: bool = False,
-               return_quarter: bool = False) -> jnp.ndarray:
+  def __call__(
+    self, x: jnp.ndarray, train: bool = False, return_quarter: bool = False
+  ) -> jnp.ndarray:
     cfg = self.config
     h, w = x.shape[1:3]
     x = x.astype(self.dtype)
@@ -279,7 +301,8 @@ class HRNet(nn.Module):
     self.sow("intermediates", "layer1_out", x)
     xs = [x]
     for k, (modules, blocks, widths) in enumerate(
-        zip(cfg.stage_modules, cfg.stage_blocks, cfg.stage_widths, strict=True)):
+      zip(cfg.stage_modules, cfg.stage_blocks, cfg.stage_widths, strict=True)
+    ):
       stage = k + 2
       xs = self._transition(xs, f"transition{stage - 1}", widths, train)
       for b, xb in enumerate(xs):
@@ -294,10 +317,12 @@ class HRNet(nn.Module):
     else:
       size = xs[0].shape[1:3]
       x = jnp.concatenate(
-          [xs[0]] + [resize_bilinear(xb, size, align_corners=False) for xb in xs[1:]], axis=-1)
+        [xs[0]] + [resize_bilinear(xb, size, align_corners=False) for xb in xs[1:]], axis=-1
+      )
       self.sow("intermediates", "concat", x)
-      x = nn.relu(self._conv_bn(x, "last_layer.0", "last_layer.1", cfg.head_width, 1, 1, train,
-                                bias=True))
+      x = nn.relu(
+        self._conv_bn(x, "last_layer.0", "last_layer.1", cfg.head_width, 1, 1, train, bias=True)
+      )
     x = self._conv(x, "last_layer.3", cfg.num_classes, 1, bias=True).astype(jnp.float32)
     self.sow("intermediates", "logits_quarter", x)
     if return_quarter:
@@ -329,7 +354,8 @@ def fold_batch_norm(model: HRNet, variables: dict[str, Any]) -> tuple[HRNet, dic
     kernel = np.asarray(params[conv]["kernel"], np.float64)
     bias = np.asarray(params[conv].get("bias", 0.0), np.float64)
     s = np.asarray(params[bn]["scale"], np.float64) / np.sqrt(
-        np.asarray(stats["var"], np.float64) + BatchNorm.epsilon)
+      np.asarray(stats["var"], np.float64) + BatchNorm.epsilon
+    )
     shift = (bias - np.asarray(stats["mean"], np.float64)) * s + params[bn]["bias"]
     folded[conv] = {"kernel": (kernel * s).astype(np.float32), "bias": shift.astype(np.float32)}
   return model.clone(bn_folded=True), {"params": folded}

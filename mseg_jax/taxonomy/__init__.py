@@ -16,16 +16,36 @@ from mseg_jax.taxonomy.mseg_format import FORMAT
 from mseg_jax.taxonomy.ops import project_probs, remap_labels
 
 __all__ = [
-  "DATA_FILE", "IGNORE", "NUM_UNIVERSAL", "UNRELABELED_TRAIN_DATASETS",
-  "RELABELED_TRAIN_DATASETS", "TRAIN_DATASETS", "TEST_DATASETS", "NAIVE_NUM_LOGITS",
-  "universal_names", "dataset_names", "class_names", "class_id", "universal_id",
-  "to_universal_lut", "stacked_luts", "remap_labels", "projection_matrix", "project_probs",
-  "projection_sources", "pairwise_lut", "pairwise_pairs", "naive_names", "naive_lut",
-  "naive_projection_matrix", "palette",
+  "DATA_FILE",
+  "IGNORE",
+  "NUM_UNIVERSAL",
+  "UNRELABELED_TRAIN_DATASETS",
+  "RELABELED_TRAIN_DATASETS",
+  "TRAIN_DATASETS",
+  "TEST_DATASETS",
+  "NAIVE_NUM_LOGITS",
+  "universal_names",
+  "dataset_names",
+  "class_names",
+  "class_id",
+  "universal_id",
+  "to_universal_lut",
+  "stacked_luts",
+  "remap_labels",
+  "projection_matrix",
+  "project_probs",
+  "projection_sources",
+  "pairwise_lut",
+  "pairwise_pairs",
+  "naive_names",
+  "naive_lut",
+  "naive_projection_matrix",
+  "palette",
 ]
 
 DATA_FILE = Path(
-  os.environ.get("MSEG_JAX_TAXONOMY") or Path(__file__).parent / "data" / "taxonomy.json")
+  os.environ.get("MSEG_JAX_TAXONOMY") or Path(__file__).parent / "data" / "taxonomy.json"
+)
 IGNORE = 255
 UNIVERSAL = "universal"
 
@@ -124,8 +144,10 @@ def projection_matrix(test_dataset: str) -> np.ndarray:
 def projection_sources(test_dataset: str) -> dict[str, list[str]]:
   """{test class: universal classes summed into it} in test-id order ([] = unreachable)."""
   matrix, universal = _projection(test_dataset), universal_names()
-  return {name: [universal[u] for u in np.flatnonzero(matrix[:, k])]
-          for k, name in enumerate(class_names(test_dataset))}
+  return {
+    name: [universal[u] for u in np.flatnonzero(matrix[:, k])]
+    for k, name in enumerate(class_names(test_dataset))
+  }
 
 
 def pairwise_pairs() -> list[tuple[str, str]]:

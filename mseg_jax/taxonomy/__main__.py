@@ -1,8 +1,8 @@
 """Inspect the taxonomies.
 
-  python -m mseg_jax.taxonomy datasets              # every taxonomy, its size and role
-  python -m mseg_jax.taxonomy classes cityscapes-19 # ids, names and where each class goes
-  python -m mseg_jax.taxonomy projection camvid-11  # universal classes summed per test class
+python -m mseg_jax.taxonomy datasets              # every taxonomy, its size and role
+python -m mseg_jax.taxonomy classes cityscapes-19 # ids, names and where each class goes
+python -m mseg_jax.taxonomy projection camvid-11  # universal classes summed per test class
 """
 
 import argparse
@@ -58,35 +58,45 @@ def classes(dataset: str) -> str:
     return table(("id", "universal class", "test classes it feeds"), rows)
   if dataset in tx.TRAIN_DATASETS:
     lut, universal = tx.to_universal_lut(dataset), tx.universal_names()
-    rows = [(i, n, lut[i], universal[lut[i]] if lut[i] != tx.IGNORE else "(ignored)")
-            for i, n in enumerate(names)]
+    rows = [
+      (i, n, lut[i], universal[lut[i]] if lut[i] != tx.IGNORE else "(ignored)")
+      for i, n in enumerate(names)
+    ]
     return table(("id", f"{dataset} class", "universal id", "universal class"), rows)
   if dataset in tx.TEST_DATASETS:
     sources = tx.projection_sources(dataset)
-    rows = [(i, n, ", ".join(sources[n]) or "(none: never predicted)")
-            for i, n in enumerate(names)]
+    rows = [(i, n, ", ".join(sources[n]) or "(none: never predicted)") for i, n in enumerate(names)]
     return table(("id", f"{dataset} class", "universal classes"), rows)
   pairs = [dst for src, dst in tx.pairwise_pairs() if src == dataset]
   luts = [(dst, tx.pairwise_lut(dataset, dst), tx.class_names(dst)) for dst in pairs]
-  rows = [(i, n, *[t[lut[i]] if lut[i] != tx.IGNORE else "(ignored)" for _, lut, t in luts])
-          for i, n in enumerate(names)]
+  rows = [
+    (i, n, *[t[lut[i]] if lut[i] != tx.IGNORE else "(ignored)" for _, lut, t in luts])
+    for i, n in enumerate(names)
+  ]
   return table(("id", f"{dataset} class", *[f"-> {dst}" for dst in pairs]), rows)
 
 
 def projection(test_dataset: str) -> str:
   sources = tx.projection_sources(test_dataset)
   width = max(len(n) for n in sources)
-  lines = [f"{test_dataset}  {n.ljust(width)} <- {', '.join(s) or '(none: never predicted)'}"
-           for n, s in sources.items()]
+  lines = [
+    f"{test_dataset}  {n.ljust(width)} <- {', '.join(s) or '(none: never predicted)'}"
+    for n, s in sources.items()
+  ]
   dropped = tx.NUM_UNIVERSAL - sum(len(s) for s in sources.values())
-  lines.append(f"({dropped} of {tx.NUM_UNIVERSAL} universal classes feed no {test_dataset} class;"
-               " their probability is dropped)")
+  lines.append(
+    f"({dropped} of {tx.NUM_UNIVERSAL} universal classes feed no {test_dataset} class;"
+    " their probability is dropped)"
+  )
   return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m mseg_jax.taxonomy", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog="python -m mseg_jax.taxonomy",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   sub = parser.add_subparsers(dest="command", required=True)
   sub.add_parser("datasets", help="list the taxonomies")
   p = sub.add_parser("classes", help="a taxonomy's classes and their mapping")

@@ -32,12 +32,22 @@ UNLABELED = "unlabeled"
 
 # mseg-api's dataset groups (mseg/taxonomy/taxonomy_converter.py @ 2bd00ae).
 MSEG_UNRELABELED_TRAIN = (
-  "ade20k-150", "bdd", "cityscapes-19", "coco-panoptic-133", "idd-39", "mapillary-public65",
+  "ade20k-150",
+  "bdd",
+  "cityscapes-19",
+  "coco-panoptic-133",
+  "idd-39",
+  "mapillary-public65",
   "sunrgbd-37",
 )
 MSEG_RELABELED_TRAIN = (
-  "ade20k-150-relabeled", "bdd-relabeled", "cityscapes-19-relabeled", "cityscapes-34-relabeled",
-  "coco-panoptic-133-relabeled", "idd-39-relabeled", "mapillary-public65-relabeled",
+  "ade20k-150-relabeled",
+  "bdd-relabeled",
+  "cityscapes-19-relabeled",
+  "cityscapes-34-relabeled",
+  "coco-panoptic-133-relabeled",
+  "idd-39-relabeled",
+  "mapillary-public65-relabeled",
   "sunrgbd-37-relabeled",
 )
 MSEG_TEST = ("camvid-11", "kitti-19", "pascal-context-60", "scannet-20", "voc2012", "wilddash-19")
@@ -46,8 +56,10 @@ UNIVERSAL_COLUMN = "universal"
 # Columns that hold documentation, and dataset columns that no mseg-api code reads (they have no
 # names file). Both are skipped.
 DOC_COLUMNS = (
-  "Parent Category", "WordNet 3.1 Synset",
-  "Defn (Most of the meanings are derived from WordNet 3.1)", "Modification of WordNet Node",
+  "Parent Category",
+  "WordNet 3.1 Synset",
+  "Defn (Most of the meanings are derived from WordNet 3.1)",
+  "Modification of WordNet Node",
 )
 UNUSED_COLUMNS = ("nyudepthv2-37", "scannet-37", "test-nyudepthv2-37")
 
@@ -110,7 +122,8 @@ def read_tsv(path: str | Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     cells = line.split("\t")
     if len(cells) > len(header):
       raise TaxonomyError(
-        f"{path}: line {line_no} has {len(cells)} cells but the header has {len(header)}")
+        f"{path}: line {line_no} has {len(cells)} cells but the header has {len(header)}"
+      )
     rows.append((line_no, cells + [""] * (len(header) - len(cells))))
   return header, rows
 
@@ -145,7 +158,8 @@ def parse_master_tsv(
     elif name not in names:
       raise TaxonomyError(
         f"{path}: line 1 (header), column {col} {name!r}: unknown dataset {name!r} "
-        f"(no dataset_lists/{name}/{name}_names.txt)")
+        f"(no dataset_lists/{name}/{name}_names.txt)"
+      )
     else:
       datasets.append(name)
   missing = [d for d in test_datasets if d not in datasets]
@@ -177,8 +191,10 @@ def parse_master_tsv(
 
   def where(row: int, dataset: str) -> str:
     line_no, cells = rows[row]
-    return (f"{path}: row {row} (line {line_no}, universal {cells[ucol].strip()!r}), "
-            f"column {header.index(dataset) + 1} {dataset!r}")
+    return (
+      f"{path}: row {row} (line {line_no}, universal {cells[ucol].strip()!r}), "
+      f"column {header.index(dataset) + 1} {dataset!r}"
+    )
 
   def cell_of(row: int, dataset: str) -> str:
     cell = rows[row][1][header.index(dataset)]
@@ -189,8 +205,7 @@ def parse_master_tsv(
   def check_known(row: int, dataset: str, cls: str) -> list[int]:
     ids = _ids_of(names[dataset], cls)
     if not ids:
-      raise TaxonomyError(
-        f"{where(row, dataset)}: class {cls!r} is not in {dataset}_names.txt")
+      raise TaxonomyError(f"{where(row, dataset)}: class {cls!r} is not in {dataset}_names.txt")
     return ids
 
   to_universal = {}
@@ -207,7 +222,8 @@ def parse_master_tsv(
           if i in mapped_at:
             raise TaxonomyError(
               f"{where(row, d)}: class {cls!r} is mapped twice (also in row {mapped_at[i]}, "
-              f"universal {rows[mapped_at[i]][1][ucol].strip()!r})")
+              f"universal {rows[mapped_at[i]][1][ucol].strip()!r})"
+            )
           mapped_at[i] = row
           lut[i] = uid_of_row[row]
     to_universal[d] = lut
@@ -222,12 +238,18 @@ def parse_master_tsv(
       ids = check_known(row, d, cls)
       if uid_of_row[row] == IGNORE:
         raise TaxonomyError(
-          f"{where(row, d)}: the {UNLABELED!r} row cannot feed test class {cls!r}")
+          f"{where(row, d)}: the {UNLABELED!r} row cannot feed test class {cls!r}"
+        )
       proj[uid_of_row[row]] = ids[0]
     from_universal[d] = proj
-  return {"universal": universal, "train_datasets": trains, "test_datasets": tests,
-          "to_universal": to_universal, "from_universal": from_universal,
-          "skipped_columns": skipped}
+  return {
+    "universal": universal,
+    "train_datasets": trains,
+    "test_datasets": tests,
+    "to_universal": to_universal,
+    "from_universal": from_universal,
+    "skipped_columns": skipped,
+  }
 
 
 def parse_pairwise_tsv(
@@ -257,8 +279,10 @@ def parse_pairwise_tsv(
       if cls.strip() != cls or not cls:
         raise TaxonomyError(f"{where}, column {col!r}: bad cell {cls!r}")
     if s in seen and seen[s][1] != t:
-      raise TaxonomyError(f"{where}, column {src!r}: class {s!r} mapped to {t!r} and, on line "
-                          f"{seen[s][0]}, to {seen[s][1]!r}")
+      raise TaxonomyError(
+        f"{where}, column {src!r}: class {s!r} mapped to {t!r} and, on line "
+        f"{seen[s][0]}, to {seen[s][1]!r}"
+      )
     seen[s] = (line_no, t)
     if t == UNLABELED:
       target = IGNORE
@@ -312,8 +336,11 @@ def build_taxonomy(
     pairwise[f"{src}>{dst}"] = lut
   return {
     "format": FORMAT,
-    "source": {"tsv": tsv.name, "tsv_sha256": hashlib.sha256(tsv.read_bytes()).hexdigest(),
-               "skipped_columns": master["skipped_columns"]},
+    "source": {
+      "tsv": tsv.name,
+      "tsv_sha256": hashlib.sha256(tsv.read_bytes()).hexdigest(),
+      "skipped_columns": master["skipped_columns"],
+    },
     "ignore": IGNORE,
     "universal": master["universal"],
     "unrelabeled_train_datasets": list(unrelabeled_train),

@@ -40,7 +40,8 @@ def remap_labels(
   if lut.ndim != 2 or dataset_index.shape != labels.shape[:1]:
     raise ValueError(
       f"remap_labels: need lut (n, L) and dataset_index (N,) for labels (N, ...); got lut "
-      f"{lut.shape}, dataset_index {dataset_index.shape}, labels {labels.shape}")
+      f"{lut.shape}, dataset_index {dataset_index.shape}, labels {labels.shape}"
+    )
   return jax.vmap(_lookup)(labels, lut[dataset_index])
 
 
