@@ -2,18 +2,13 @@
 
 `python -m mseg_jax.train --config=configs/demo.py --workdir=/tmp/mseg_demo` writes the
 synthetic data to data/synthetic when missing (mseg_jax.input_pipeline.synthetic), trains 300
-steps in the universal taxonomy (about 1.5 minutes on 2 CPU cores: loss 5.3 -> 0.74) and prints
-the camvid-11 zero-shot table (mIoU about 36; predicting the majority class gives 2).
+steps in the universal taxonomy and prints the camvid-11 zero-shot table (time, loss and mIoU of
+a run: BENCHMARKS.md, "Training step").
 """
-
-import importlib.util
-from pathlib import Path
 
 import ml_collections
 
-_spec = importlib.util.spec_from_file_location("mseg_3m", Path(__file__).with_name("mseg_3m.py"))
-mseg_3m = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(mseg_3m)
+from configs import mseg_3m
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -5,14 +5,9 @@ per dataset), 500,000 steps. `:unrelabeled`: mseg-unrelabeled, batch 35, 200,000
 Everything else as configs/mseg_3m.py:1080p.
 """
 
-import importlib.util
-from pathlib import Path
-
 import ml_collections
 
-_spec = importlib.util.spec_from_file_location("mseg_3m", Path(__file__).with_name("mseg_3m.py"))
-mseg_3m = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(mseg_3m)
+from configs import mseg_3m
 
 BATCH = {"relabeled": 14, "unrelabeled": 35}
 

@@ -8,15 +8,8 @@ batch holds batch_size/7 crops of every dataset; total_steps = 3M // that (1080p
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-DATASETS = (
-  "ade20k-150",
-  "bdd",
-  "cityscapes-19",
-  "coco-panoptic-133",
-  "idd-39",
-  "mapillary-public65",
-  "sunrgbd-37",
-)
+from mseg_jax import taxonomy
+
 # resolution -> (crop, short side, global batch)
 RECIPES = {"480p": (473, 480, 84), "720p": (593, 720, 49), "1080p": (713, 1080, 35)}
 
@@ -29,7 +22,7 @@ def get_config(arg: str = "1080p") -> ml_collections.ConfigDict:
   config.model = dict(preset="hrnet_w48", arch={})  # arch: HRNetConfig fields to replace
   config.dtype = "float32"  # or "bfloat16" (compute; params, BN stats and loss stay fp32)
   config.data = dict(
-    datasets=DATASETS,
+    datasets=taxonomy.UNRELABELED_TRAIN_DATASETS,
     relabeled=True,  # train on the "-relabeled" masks (False: mseg-unrelabeled)
     universal=True,  # labels mapped to the 194-class universal taxonomy
     data_root=placeholder(str),

@@ -6,14 +6,9 @@ taxonomy (the paper's single-dataset baselines); `<name>,oracle` in the dataset'
 (the oracle models, evaluated on that dataset's test split).
 """
 
-import importlib.util
-from pathlib import Path
-
 import ml_collections
 
-_spec = importlib.util.spec_from_file_location("mseg_3m", Path(__file__).with_name("mseg_3m.py"))
-mseg_3m = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(mseg_3m)
+from configs import mseg_3m
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from mseg_jax import inference, models, taxonomy, visualize
+from mseg_jax import inference, models, regimes, visualize
 from mseg_jax.input_pipeline import sources
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -150,8 +150,7 @@ def main(argv: list[str] | None = None) -> None:
 
   model, variables = models.load_checkpoint(args.checkpoint)
   try:
-    names = taxonomy.class_names(args.taxonomy)
-    projection = inference.output_projection(model.config.num_classes, args.taxonomy)
+    regime = regimes.output_regime(args.taxonomy, model.config.num_classes)
   except ValueError as e:
     parser.error(str(e))
   predictor = inference.Predictor(
@@ -160,12 +159,12 @@ def main(argv: list[str] | None = None) -> None:
     base_size=args.base_size,
     scales=inference.scales_from_name(args.scales),
     crop=args.crop,
-    projection=projection,
+    projection=regime.projection,
     batch_size=args.batch_size or (2 if jax.default_backend() == "cpu" else 8),
     dtype=jnp.dtype(args.dtype),
   )
   try:
-    written = run(predictor, args.input, args.output_dir, names)
+    written = run(predictor, args.input, args.output_dir, list(regime.class_names))
   except (DemoInputError, sources.InputError) as e:
     sys.exit(f"mseg_jax.demo: error: {e}")
   print(f"wrote {len(written)} label maps to {Path(args.output_dir) / 'gray'}")

@@ -4,13 +4,10 @@
       [--base-size 360 720 1080] [--scales ss|ms] [--regime zero_shot|oracle|training] \
       [--relabeled] [--lists-dir mseg-api/mseg/dataset_lists]
 
-Regimes (mseg_semantic/tool/test_*_tax.py): `zero_shot` — a universal model on a test dataset,
-probabilities summed into the test taxonomy; `oracle` — a model trained on the dataset's own
-taxonomy; `training` — a universal model on a training dataset, the ground truth mapped to
-universal ids and the universal classes the dataset cannot contain left out of the mean.
-`--relabeled` (training regime, for a model trained on relabeled data; --dataset names the
-unrelabeled dataset) also reads the labels of the same lines of `<dataset>-relabeled`'s list and
-scores with the official reward/penalty rule (`metrics.relabeled_reward_penalty`).
+Regimes: see mseg_jax/regimes.py. `--relabeled` (training regime, for a model trained on
+relabeled data; --dataset names the unrelabeled dataset) also reads the labels of the same lines
+of `<dataset>-relabeled`'s list and scores with the official reward/penalty rule
+(`metrics.relabeled_reward_penalty`).
 List files are `<dataset root>/list/val.txt`, or `<lists dir>/<dataset>/list/val.txt` with
 --lists-dir (mseg-api's per-taxonomy lists read in place).
 
@@ -25,10 +22,13 @@ sizes, harmonic mean), one row per evaluation, and per-class IoU tables.
 import argparse
 import collections
 import concurrent.futures
+import dataclasses
 import hashlib
 import json
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import jax
@@ -36,66 +36,54 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from mseg_jax import inference, metrics, models, taxonomy, visualize
+from mseg_jax import inference, metrics, models, regimes, taxonomy, visualize
 from mseg_jax.input_pipeline import catalog, sources
 
-REGIMES = ("zero_shot", "oracle", "training")
 SAVE_EVERY_S = 60.0  # how often the partial confusion matrix is written
 
 
-def excluded_universal_ids(dataset: str) -> list[int]:
-  """Universal ids the unrelabeled version of a training dataset never maps to (left out of the
-  mean, as test_universal_tax.py does)."""
-  unrelabeled = dataset.removesuffix("-relabeled")
-  lut = taxonomy.to_universal_lut(unrelabeled)
-  mapped = set(lut[lut != taxonomy.IGNORE].tolist())
-  return [u for u in range(taxonomy.NUM_UNIVERSAL) if u not in mapped]
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """One evaluation: the dataset, the regime and the test-time procedure.
+
+  Its `key` (with the model's fingerprint and the number of images) is stored with the results:
+  a finished or interrupted evaluation is reused only for an equal key.
+  """
+
+  dataset: str
+  regime: str = "zero_shot"
+  relabeled: bool = False  # training regime: score with `metrics.relabeled_reward_penalty`
+  base_size: int = 360
+  scales: tuple[float, ...] = inference.SINGLE_SCALE
+  crop: int = 713
+  dtype: str = "float32"
+  limit: int | None = None  # only the first `limit` images
+  model: str = ""  # row label in the tables
+
+  def key(self, num_images: int, model_fingerprint: str) -> dict:
+    """The JSON-able resume key (`limit` is in `num_images`)."""
+    return {
+      "dataset": self.dataset,
+      "regime": self.regime,
+      "relabeled": bool(self.relabeled),
+      "base_size": int(self.base_size),
+      "scales": [float(s) for s in self.scales],
+      "crop": int(self.crop),
+      "split": "val",
+      "num_images": num_images,
+      "model": self.model,
+      "model_fingerprint": model_fingerprint,
+      "dtype": jnp.dtype(self.dtype).name,
+    }
 
 
-def regime_setup(regime: str, dataset: str, num_model_classes: int) -> dict:
-  """Evaluation taxonomy, output projection, ground-truth LUT and excluded ids of a regime."""
-  if regime == "zero_shot":
-    if dataset not in taxonomy.TEST_DATASETS:
-      raise ValueError(
-        f"zero_shot evaluates the test datasets {taxonomy.TEST_DATASETS}, not "
-        f"{dataset!r} (use --regime training for a training dataset)"
-      )
-    if num_model_classes != taxonomy.NUM_UNIVERSAL:
-      raise ValueError(
-        f"zero_shot needs a universal model ({taxonomy.NUM_UNIVERSAL} classes); "
-        f"this one has {num_model_classes} (use --regime oracle)"
-      )
-    return {
-      "class_names": taxonomy.class_names(dataset),
-      "projection": taxonomy.projection_matrix(dataset),
-      "lut": None,
-      "excluded": [],
-    }
-  if regime == "oracle":
-    names = taxonomy.class_names(dataset)
-    if num_model_classes != len(names):
-      raise ValueError(
-        f"oracle needs a model trained on {dataset} ({len(names)} classes); "
-        f"this one has {num_model_classes}"
-      )
-    return {"class_names": names, "projection": None, "lut": None, "excluded": []}
-  if regime == "training":
-    if dataset not in taxonomy.TRAIN_DATASETS:
-      raise ValueError(
-        f"the training regime needs one of {taxonomy.TRAIN_DATASETS}, not {dataset!r}"
-      )
-    if num_model_classes != taxonomy.NUM_UNIVERSAL:
-      raise ValueError(
-        f"the training regime needs a universal model "
-        f"({taxonomy.NUM_UNIVERSAL} classes); this one has {num_model_classes}"
-      )
-    return {
-      "class_names": taxonomy.universal_names(),
-      "projection": None,
-      "lut": taxonomy.to_universal_lut(dataset),
-      "excluded": excluded_universal_ids(dataset),
-    }
-  raise ValueError(f"unknown regime {regime!r}; choose from {', '.join(REGIMES)}")
+class Record(NamedTuple):
+  """An image and its labels: `relabeled_label` (the same line of `<dataset>-relabeled`'s list)
+  only for a relabeled evaluation."""
+
+  image: Path
+  label: Path
+  relabeled_label: Path | None = None
 
 
 def relabeled_name(dataset: str) -> str:
@@ -122,6 +110,56 @@ def read_records(
     if label_path is None:
       raise ValueError(f"{list_file}: {image_path} has no label path; evaluation needs labels")
   return list_file, records
+
+
+def paired_records(
+  data_root, dataset: str, relabeled: bool, roots=None, lists_dir=None
+) -> list[Record]:
+  """`dataset`'s val records; with `relabeled`, line i of `<dataset>-relabeled`'s list paired
+  with line i of `dataset`'s (the same image, checked)."""
+  list_file, records = read_records(data_root, dataset, roots, lists_dir)
+  if not relabeled:
+    return [Record(image, label) for image, label in records]
+  relabeled_file, relabeled_records = read_records(
+    data_root, relabeled_name(dataset), roots, lists_dir
+  )
+  if len(relabeled_records) != len(records):
+    raise ValueError(
+      f"{relabeled_file} has {len(relabeled_records)} lines, {list_file} "
+      f"{len(records)}; line i of both must be the same image"
+    )
+  paired = []
+  for (image, label), (relabeled_image, relabeled_label) in zip(
+    records, relabeled_records, strict=True
+  ):
+    if image.name != relabeled_image.name:
+      raise ValueError(
+        f"{relabeled_file}: {relabeled_image.name} is not {image.name}, "
+        f"the image of the same line of {list_file}"
+      )
+    paired.append(Record(image, label, relabeled_label))
+  return paired
+
+
+Scoring = Callable[[jax.Array, np.ndarray, np.ndarray | None], tuple[jax.Array, jax.Array]]
+
+
+def scoring_rule(regime: regimes.Regime, dataset: str, relabeled: bool) -> Scoring:
+  """(prediction, label, relabeled label) -> the (prediction, target) pair to count."""
+  if relabeled:
+    lut = jnp.asarray(regime.label_lut)
+    relabeled_lut = jnp.asarray(taxonomy.to_universal_lut(relabeled_name(dataset)))
+
+    def reward_penalty(pred, label, label_relabeled):
+      target = taxonomy.remap_labels(jnp.asarray(label), lut)
+      target_relabeled = taxonomy.remap_labels(jnp.asarray(label_relabeled), relabeled_lut)
+      return metrics.relabeled_reward_penalty(pred, target, target_relabeled)
+
+    return reward_penalty
+  if regime.label_lut is None:
+    return lambda pred, label, _: (pred, jnp.asarray(label))
+  lut = jnp.asarray(regime.label_lut)
+  return lambda pred, label, _: (pred, taxonomy.remap_labels(jnp.asarray(label), lut))
 
 
 def prediction_stem(image_path: Path, dataset: str) -> str:
@@ -151,194 +189,174 @@ def _fingerprint(variables) -> str:
   return digest.hexdigest()[:16]
 
 
-def _save_prediction(
-  save_dir: Path,
-  stem: str,
-  image: np.ndarray,
-  pred: np.ndarray,
-  names: list[str],
-  gray: bool,
-  overlay: bool,
-) -> None:
-  if gray:
-    cv2.imwrite(str(save_dir / "gray" / f"{stem}.png"), pred)
-  if overlay:
-    canvas = visualize.overlay_with_legend(image, pred, names)
-    cv2.imwrite(str(save_dir / "overlay" / f"{stem}.jpg"), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+class Progress:
+  """The saved state of an evaluation in `save_dir` (None: nothing is saved or resumed).
 
-
-def evaluate_dataset(
-  model,
-  variables,
-  dataset: str,
-  data_root,
-  *,
-  roots=None,
-  base_size: int = 360,
-  scales=(1.0,),
-  crop: int = 713,
-  regime: str = "zero_shot",
-  batch_size: int = 8,
-  save_dir=None,
-  dtype=jnp.float32,
-  limit: int | None = None,
-  save_predictions: bool = False,
-  save_overlays: bool = False,
-  model_name: str = "",
-  lists_dir=None,
-  relabeled: bool = False,
-) -> dict:
-  """mIoU etc. of `model` on `dataset`'s list/val.txt (JSON-able dict).
-
-  `lists_dir` reads the list from `<lists_dir>/<dataset>/list/val.txt` (catalog.list_path).
-  `relabeled` (training regime; `dataset` is the unrelabeled name) scores a model trained on
-  relabeled data: line i of `<dataset>-relabeled`'s val list gives image i's relabeled label,
-  and `metrics.relabeled_reward_penalty` rewrites the prediction before it is counted.
-
-  With `save_dir`, results.json, classes.md and confusion.npy are written there, a partial
-  confusion matrix is saved periodically and a rerun resumes from it (a finished evaluation
-  with the same settings is loaded instead of recomputed); `save_predictions` writes
-  gray/<stem>.png (evaluation taxonomy), `save_overlays` overlay/<stem>.jpg.
+  partial.npz holds the images done and their confusion matrix; results.json, classes.md and
+  confusion.npy the finished evaluation. Both are used only for the same `key`.
   """
-  if (save_predictions or save_overlays) and save_dir is None:
-    raise ValueError("save_predictions / save_overlays need a save_dir")
-  setup = regime_setup(regime, dataset, model.config.num_classes)
-  names = setup["class_names"]
-  own_classes = len(taxonomy.class_names(dataset))
-  list_file, records = read_records(data_root, dataset, roots, lists_dir)
-  relabeled_labels = [None] * len(records)
-  if relabeled:
-    if regime != "training":
-      raise ValueError(f"relabeled evaluation is part of the training regime, not {regime!r}")
-    relabeled_dataset = relabeled_name(dataset)
-    relabeled_classes = len(taxonomy.class_names(relabeled_dataset))
-    relabeled_lut = jnp.asarray(taxonomy.to_universal_lut(relabeled_dataset))
-    relabeled_file, relabeled_records = read_records(data_root, relabeled_dataset, roots, lists_dir)
-    if len(relabeled_records) != len(records):
-      raise ValueError(
-        f"{relabeled_file} has {len(relabeled_records)} lines, {list_file} "
-        f"{len(records)}; line i of both must be the same image"
-      )
-    for (image_path, _), (relabeled_image, _) in zip(records, relabeled_records, strict=True):
-      if image_path.name != relabeled_image.name:
-        raise ValueError(
-          f"{relabeled_file}: {relabeled_image.name} is not {image_path.name}, "
-          f"the image of the same line of {list_file}"
-        )
-    relabeled_labels = [label_path for _, label_path in relabeled_records]
-  if limit is not None:
-    records, relabeled_labels = records[:limit], relabeled_labels[:limit]
-  settings = {
-    "dataset": dataset,
-    "regime": regime,
-    "relabeled": bool(relabeled),
-    "base_size": int(base_size),
-    "scales": [float(s) for s in scales],
-    "crop": int(crop),
-    "split": "val",
-    "num_images": len(records),
-    "model": model_name,
-    "model_fingerprint": _fingerprint(variables),
-    "dtype": jnp.dtype(dtype).name,
-  }
 
-  save_dir = None if save_dir is None else Path(save_dir)
-  done, initial = 0, None
-  if save_dir is not None:
-    save_dir.mkdir(parents=True, exist_ok=True)
-    results_file = save_dir / "results.json"
-    if results_file.is_file():
-      previous = json.loads(results_file.read_text())
-      if all(previous.get(k) == v for k, v in settings.items()):
-        return previous
-    partial = save_dir / "partial.npz"
-    if partial.is_file():
-      state = np.load(partial)
-      if json.loads(str(state["settings"])) == settings:
-        done, initial = int(state["done"]), state["confusion"]
-    for sub, wanted in (("gray", save_predictions), ("overlay", save_overlays)):
-      if wanted:
-        (save_dir / sub).mkdir(exist_ok=True)
+  def __init__(self, save_dir: str | Path | None, key: dict):
+    self.save_dir = None if save_dir is None else Path(save_dir)
+    self.key = key
+    if self.save_dir is not None:
+      self.save_dir.mkdir(parents=True, exist_ok=True)
 
-  predictor = inference.Predictor(
+  def finished(self) -> dict | None:
+    """The results of a finished evaluation with this key."""
+    path = None if self.save_dir is None else self.save_dir / "results.json"
+    if path is None or not path.is_file():
+      return None
+    previous = json.loads(path.read_text())
+    return previous if all(previous.get(k) == v for k, v in self.key.items()) else None
+
+  def resume(self) -> tuple[int, np.ndarray | None]:
+    """(images done, their confusion matrix) of an interrupted evaluation with this key."""
+    path = None if self.save_dir is None else self.save_dir / "partial.npz"
+    if path is None or not path.is_file():
+      return 0, None
+    state = np.load(path)
+    if json.loads(str(state["settings"])) != self.key:
+      return 0, None
+    return int(state["done"]), state["confusion"]
+
+  def save(self, done: int, confusion: np.ndarray) -> None:
+    if self.save_dir is None:
+      return
+    tmp = self.save_dir / "partial.tmp.npz"
+    np.savez(tmp, confusion=confusion, done=done, settings=json.dumps(self.key))
+    tmp.replace(self.save_dir / "partial.npz")
+
+  def finish(self, result: dict, confusion: np.ndarray) -> None:
+    if self.save_dir is None:
+      return
+    np.save(self.save_dir / "confusion.npy", confusion)
+    (self.save_dir / "classes.md").write_text(metrics.class_iou_table(result))
+    (self.save_dir / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+    (self.save_dir / "partial.npz").unlink(missing_ok=True)
+
+
+class Evaluator:
+  """mIoU etc. of a model on a dataset's val split (`spec`), with the official procedure.
+
+  The constructor checks the regime, reads and pairs the list files and picks the scoring rule;
+  `run` predicts and scores. `lists_dir` reads the lists from `<lists_dir>/<dataset>/list/`
+  (catalog.list_path).
+  """
+
+  def __init__(
+    self,
     model,
     variables,
-    base_size=base_size,
-    scales=scales,
-    crop=crop,
-    projection=setup["projection"],
-    batch_size=batch_size,
-    dtype=dtype,
-  )
-  accumulator = metrics.ConfusionAccumulator(len(names), initial)
-  lut = None if setup["lut"] is None else jnp.asarray(setup["lut"])
+    spec: Spec,
+    data_root,
+    *,
+    roots=None,
+    lists_dir=None,
+    batch_size: int = 8,
+  ):
+    self.spec = spec
+    self.regime = regimes.make_regime(spec.regime, spec.dataset, model.config.num_classes)
+    if spec.relabeled and spec.regime != "training":
+      raise ValueError(f"relabeled evaluation is part of the training regime, not {spec.regime!r}")
+    self.score = scoring_rule(self.regime, spec.dataset, spec.relabeled)
+    records = paired_records(data_root, spec.dataset, spec.relabeled, roots, lists_dir)
+    self.records = records[: spec.limit]
+    self.key = spec.key(len(self.records), _fingerprint(variables))
+    # Label ids a (relabeled) label may hold.
+    self.label_classes = len(taxonomy.class_names(spec.dataset))
+    if spec.relabeled:
+      self.relabeled_classes = len(taxonomy.class_names(relabeled_name(spec.dataset)))
+    self.predictor = inference.Predictor(
+      model,
+      variables,
+      base_size=spec.base_size,
+      scales=spec.scales,
+      crop=spec.crop,
+      projection=self.regime.projection,
+      batch_size=batch_size,
+      dtype=jnp.dtype(spec.dtype),
+    )
 
-  def load(record):
-    (image_path, label_path), relabeled_path = record
-    image, label = sources.load_image(image_path), sources.load_label(label_path)
-    sources.check_pair(image, label, label_path, own_classes)
+  def _load(self, record: Record) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    image, label = sources.load_image(record.image), sources.load_label(record.label)
+    sources.check_pair(image, label, record.label, self.label_classes)
     label_relabeled = None
-    if relabeled_path is not None:
-      label_relabeled = sources.load_label(relabeled_path)
-      sources.check_pair(image, label_relabeled, relabeled_path, relabeled_classes)
-    return image_path, image, label, label_relabeled
+    if record.relabeled_label is not None:
+      label_relabeled = sources.load_label(record.relabeled_label)
+      sources.check_pair(image, label_relabeled, record.relabeled_label, self.relabeled_classes)
+    return image, label, label_relabeled
 
-  def save_partial(count: int) -> None:
-    tmp = save_dir / "partial.tmp.npz"
-    np.savez(tmp, confusion=accumulator.result(), done=count, settings=json.dumps(settings))
-    tmp.replace(save_dir / "partial.npz")
+  def predictions(
+    self, start: int = 0
+  ) -> Iterator[tuple[Record, np.ndarray, jax.Array, tuple[jax.Array, jax.Array]]]:
+    """(record, image, prediction, (prediction, target) to count) from image `start` on; the
+    images are read ahead in a thread."""
+    records = self.records[start:]
+    loaded = _prefetched(self._load, records)
+    for record, (image, label, label_relabeled) in zip(records, loaded, strict=True):
+      pred = self.predictor(image)
+      yield record, image, pred, self.score(pred, label, label_relabeled)
 
-  last_save, processed = time.monotonic(), done
-  bar = tqdm.tqdm(
-    total=len(records), initial=done, desc=f"{dataset} {base_size}", unit="img", dynamic_ncols=True
-  )
-  try:
-    pairs = list(zip(records, relabeled_labels, strict=True))[done:]
-    for image_path, image, label, label_relabeled in _prefetched(load, pairs):
-      pred = predictor(image)
-      target = jnp.asarray(label)
-      if lut is not None:
-        target = taxonomy.remap_labels(target, lut)
-      if label_relabeled is None:
-        accumulator.update(pred, target)
-      else:
-        target_relabeled = taxonomy.remap_labels(jnp.asarray(label_relabeled), relabeled_lut)
-        accumulator.update(*metrics.relabeled_reward_penalty(pred, target, target_relabeled))
-      processed += 1
-      if save_predictions or save_overlays:
-        _save_prediction(
-          save_dir,
-          prediction_stem(image_path, dataset),
-          image,
-          np.asarray(pred),
-          names,
-          save_predictions,
-          save_overlays,
-        )
-      bar.update()
-      if save_dir is not None and time.monotonic() - last_save > SAVE_EVERY_S:
-        save_partial(processed)
-        last_save = time.monotonic()
-  except KeyboardInterrupt:
-    if save_dir is not None:
-      save_partial(processed)
-    raise
-  finally:
-    bar.close()
+  def run(
+    self, save_dir=None, *, save_predictions: bool = False, save_overlays: bool = False
+  ) -> dict:
+    """The results (JSON-able dict); with `save_dir` saved there and resumable (`Progress`).
 
-  confusion = accumulator.result()
-  result = dict(
-    settings,
-    class_names=names,
-    excluded_ids=setup["excluded"],
-    **metrics.scores(confusion, setup["excluded"]),
-  )
-  if save_dir is not None:
-    np.save(save_dir / "confusion.npy", confusion)
-    (save_dir / "classes.md").write_text(metrics.class_iou_table(result))
-    (save_dir / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-    (save_dir / "partial.npz").unlink(missing_ok=True)
-  return result
+    `save_predictions` writes gray/<stem>.png (the raw prediction in the evaluation taxonomy),
+    `save_overlays` overlay/<stem>.jpg.
+    """
+    if (save_predictions or save_overlays) and save_dir is None:
+      raise ValueError("save_predictions / save_overlays need a save_dir")
+    progress = Progress(save_dir, self.key)
+    finished = progress.finished()
+    if finished is not None:
+      return finished
+    for sub, wanted in (("gray", save_predictions), ("overlay", save_overlays)):
+      if wanted:
+        (progress.save_dir / sub).mkdir(exist_ok=True)
+    done, initial = progress.resume()
+    names = list(self.regime.class_names)
+    accumulator = metrics.ConfusionAccumulator(len(names), initial)
+    last_save = time.monotonic()
+    bar = tqdm.tqdm(
+      total=len(self.records),
+      initial=done,
+      desc=f"{self.spec.dataset} {self.spec.base_size}",
+      unit="img",
+      dynamic_ncols=True,
+    )
+    try:
+      for record, image, pred, counted in self.predictions(done):
+        accumulator.update(*counted)
+        done += 1
+        if save_predictions or save_overlays:
+          stem = prediction_stem(record.image, self.spec.dataset)
+          pred = np.asarray(pred)
+          if save_predictions:
+            cv2.imwrite(str(progress.save_dir / "gray" / f"{stem}.png"), pred)
+          if save_overlays:
+            canvas = visualize.overlay_with_legend(image, pred, names)
+            path = progress.save_dir / "overlay" / f"{stem}.jpg"
+            cv2.imwrite(str(path), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+        bar.update()
+        if time.monotonic() - last_save > SAVE_EVERY_S:
+          progress.save(done, accumulator.result())
+          last_save = time.monotonic()
+    except KeyboardInterrupt:
+      progress.save(done, accumulator.result())
+      raise
+    finally:
+      bar.close()
+    confusion = accumulator.result()
+    result = dict(
+      self.key,
+      class_names=names,
+      excluded_ids=list(self.regime.excluded),
+      **metrics.scores(confusion, self.regime.excluded),
+    )
+    progress.finish(result, confusion)
+    return result
 
 
 def collect(out_dir: Path) -> list[dict]:
@@ -385,7 +403,7 @@ def main(argv: list[str] | None = None) -> None:
   )
   parser.add_argument("--scales", choices=("ss", "ms"), default="ss")
   parser.add_argument("--crop", type=int, default=713)
-  parser.add_argument("--regime", choices=REGIMES, default="zero_shot")
+  parser.add_argument("--regime", choices=regimes.REGIMES, default="zero_shot")
   parser.add_argument(
     "--relabeled",
     action="store_true",
@@ -416,30 +434,34 @@ def main(argv: list[str] | None = None) -> None:
   checkpoint = Path(args.checkpoint)
   out_dir = Path(args.out_dir) if args.out_dir else checkpoint / "eval"
   batch_size = args.batch_size or (2 if jax.default_backend() == "cpu" else 8)
-  model_name = args.model_name or checkpoint.absolute().name
   model, variables = models.load_checkpoint(checkpoint)
   run_name = args.scales + ("_relabeled" if args.relabeled else "")
   for dataset in args.dataset.split(","):
     for base_size in args.base_size:
-      result = evaluate_dataset(
-        model,
-        variables,
+      spec = Spec(
         dataset,
-        args.data_root,
-        roots=roots,
+        regime=args.regime,
+        relabeled=args.relabeled,
         base_size=base_size,
         scales=inference.scales_from_name(args.scales),
         crop=args.crop,
-        regime=args.regime,
-        batch_size=batch_size,
-        save_dir=out_dir / dataset / str(base_size) / run_name,
-        dtype=jnp.dtype(args.dtype),
+        dtype=args.dtype,
         limit=args.limit,
+        model=args.model_name or checkpoint.absolute().name,
+      )
+      evaluator = Evaluator(
+        model,
+        variables,
+        spec,
+        args.data_root,
+        roots=roots,
+        lists_dir=args.lists_dir,
+        batch_size=batch_size,
+      )
+      result = evaluator.run(
+        out_dir / dataset / str(base_size) / run_name,
         save_predictions=args.save_predictions,
         save_overlays=args.save_overlays,
-        model_name=model_name,
-        lists_dir=args.lists_dir,
-        relabeled=args.relabeled,
       )
       print(
         f"{dataset} base {base_size} {run_name}: mIoU {100 * result['miou']:.2f} "

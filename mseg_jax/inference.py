@@ -171,21 +171,6 @@ def _mean_and_argmax(total: jax.Array, num_scales: int) -> tuple[jax.Array, jax.
   return probs, jnp.argmax(probs, axis=-1).astype(jnp.uint8)
 
 
-def output_projection(num_model_classes: int, eval_taxonomy: str) -> np.ndarray | None:
-  """The (194, K) matrix for a universal model evaluated in a dataset taxonomy (zero-shot), or
-  None when the model already predicts the evaluation taxonomy (universal, oracle)."""
-  num_eval = len(taxonomy.class_names(eval_taxonomy))
-  if num_model_classes == num_eval:
-    return None
-  if num_model_classes == taxonomy.NUM_UNIVERSAL:
-    return taxonomy.projection_matrix(eval_taxonomy)
-  raise ValueError(
-    f"a model with {num_model_classes} classes can't be evaluated in "
-    f"{eval_taxonomy!r} ({num_eval} classes): it is neither universal "
-    f"({taxonomy.NUM_UNIVERSAL}) nor trained on that taxonomy"
-  )
-
-
 class Predictor:
   """The official multi-scale, sliding-window, flip-averaged inference for one model.
 

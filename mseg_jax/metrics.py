@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-IGNORE = 255
+from mseg_jax.taxonomy import IGNORE, UNRELABELED_TRAIN_DATASETS
+
 EPS = 1e-10
 # The paper's zero-shot columns, in its order, with their short names.
 PAPER_DATASETS = {
@@ -31,20 +32,11 @@ PAPER_DATASETS = {
 }
 # Datasets the harmonic mean runs over, per regime (collect_results.py); "training+relabeled"
 # is the training regime scored with `relabeled_reward_penalty`.
-_TRAINING = (
-  "ade20k-150",
-  "bdd",
-  "cityscapes-19",
-  "coco-panoptic-133",
-  "idd-39",
-  "mapillary-public65",
-  "sunrgbd-37",
-)
 HMEAN_DATASETS = {
   "zero_shot": tuple(PAPER_DATASETS),
   "oracle": ("voc2012", "pascal-context-60", "camvid-11", "kitti-19", "scannet-20"),
-  "training": _TRAINING,
-  "training+relabeled": _TRAINING,
+  "training": UNRELABELED_TRAIN_DATASETS,
+  "training+relabeled": UNRELABELED_TRAIN_DATASETS,
 }
 
 

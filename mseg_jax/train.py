@@ -9,6 +9,7 @@ BatchNorm over the global batch (under `jax.jit` with the batch sharded on the m
 weight decay on every parameter; poly learning rate applied per step.
 """
 
+import dataclasses
 import functools
 import json
 import signal
@@ -108,18 +109,59 @@ def model_config(config: ml_collections.ConfigDict, classes: int) -> models.HRNe
   return models.HRNetConfig.from_dict(base)
 
 
-def resolved_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The config as run: every field, plus the values derived from them."""
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """A training config resolved and checked once: everything `train` needs to know."""
+
+  config: ml_collections.ConfigDict = dataclasses.field(compare=False)
+  datasets: tuple[str, ...]  # the training taxonomies, "-relabeled" included
+  shares: tuple[int, ...]  # crops per dataset in a global batch
+  total_steps: int
+  model: models.HRNetConfig
+  luts: np.ndarray = dataclasses.field(compare=False)  # (len(datasets), 256) to the model's ids
+
+  def to_json(self) -> dict[str, Any]:
+    """The config as run: every field, plus the values derived from them."""
+    return {
+      **self.config.to_dict(),
+      "derived": {
+        "train_datasets": list(self.datasets),
+        "shares": list(self.shares),
+        "total_steps": self.total_steps,
+        "model": self.model.to_dict(),
+      },
+    }
+
+
+def make_plan(config: ml_collections.ConfigDict) -> Plan:
+  """Resolves `config` and checks it (data, devices, initialization) before anything is built."""
+  if not config.data.data_root:
+    raise ValueError("config.data.data_root is not set (--config.data.data_root=DIR)")
+  if config.batch_size % jax.device_count():
+    raise ValueError(
+      f"config.batch_size={config.batch_size} is not divisible by the {jax.device_count()} devices"
+    )
+  if config.dtype not in DTYPES:
+    raise ValueError(f"config.dtype={config.dtype!r}: use one of {sorted(DTYPES)}")
+  if config.init.kind not in models.PRETRAINED_KINDS:
+    raise ValueError(
+      f"config.init.kind={config.init.kind!r}: use one of {', '.join(models.PRETRAINED_KINDS)}"
+    )
+  if config.init.kind != "none" and not config.init.checkpoint:
+    raise ValueError(
+      f"config.init.kind={config.init.kind!r} needs config.init.checkpoint: a "
+      "model directory from tools/convert_torch_weights.py (--backbone-only for "
+      "ImageNet HRNet weights), or set --config.init.kind=none"
+    )
   datasets = train_datasets(config)
-  return {
-    **config.to_dict(),
-    "derived": {
-      "train_datasets": list(datasets),
-      "shares": list(dataset_shares(config)),
-      "total_steps": total_steps(config),
-      "model": model_config(config, num_classes(config, datasets)).to_dict(),
-    },
-  }
+  return Plan(
+    config=config,
+    datasets=datasets,
+    shares=dataset_shares(config),
+    total_steps=total_steps(config),
+    model=model_config(config, num_classes(config, datasets)),
+    luts=label_luts(config, datasets),
+  )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,61 +287,19 @@ def init_state(
 
 
 # ---------------------------------------------------------------------------------------------
-# Initialization from converted checkpoints.
+# Initialization.
 
 
-def merge_pretrained(
-  variables: dict, pretrained: dict, *, strict: bool, source: str
-) -> tuple[dict, list[str]]:
-  """Takes every array of `pretrained` whose path and shape match `variables`.
-
-  strict: every array of `variables` must come from `pretrained` (fine-tuning); otherwise the
-  unmatched ones keep their initial value (ImageNet backbone: the head stays random).
-  Returns (merged variables, paths kept from the initialization).
-  """
-  flat_pre = {
-    jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(pretrained)[0]
-  }
-  kept = []
-
-  def pick(path, init):
-    key = jax.tree_util.keystr(path)
-    value = flat_pre.get(key)
-    if value is not None and np.shape(value) == np.shape(init):
-      return np.asarray(value, np.asarray(init).dtype)
-    if strict:
-      found = "missing" if value is None else f"shape {np.shape(value)}"
-      raise ValueError(f"{source}: {key} is {found}, the model needs shape {np.shape(init)}")
-    kept.append(key)
-    return init
-
-  return jax.tree_util.tree_map_with_path(pick, variables), kept
-
-
-def initial_variables(
-  config: ml_collections.ConfigDict, model: models.HRNet, rng: jax.Array
-) -> dict:
+def initial_variables(plan: Plan, model: models.HRNet, rng: jax.Array) -> dict:
   """Random init, merged with `config.init.checkpoint` (kind "imagenet" or "finetune")."""
   variables = jax.device_get(
     jax.jit(functools.partial(model.init, train=False))(rng, jnp.zeros((1, 33, 33, 3), jnp.float32))
   )
-  if config.init.kind == "none":
+  init = plan.config.init
+  if init.kind == "none":
     return variables
-  if config.init.kind not in ("imagenet", "finetune"):
-    raise ValueError(f"config.init.kind={config.init.kind!r}: use none, imagenet or finetune")
-  if not config.init.checkpoint:
-    raise ValueError(
-      f"config.init.kind={config.init.kind!r} needs config.init.checkpoint: a "
-      "model directory from tools/convert_torch_weights.py (--backbone-only for "
-      "ImageNet HRNet weights), or set --config.init.kind=none"
-    )
-  _, pretrained = models.load_checkpoint(config.init.checkpoint)
-  merged, kept = merge_pretrained(
-    variables, pretrained, strict=config.init.kind == "finetune", source=config.init.checkpoint
-  )
-  note(
-    f"Initialized from {config.init.checkpoint}; {len(kept)} arrays keep their random init: {kept}"
-  )
+  merged, kept = models.load_pretrained(variables, init.kind, init.checkpoint)
+  note(f"Initialized from {init.checkpoint}; {len(kept)} arrays keep their random init: {kept}")
   return merged
 
 
@@ -352,12 +352,18 @@ class _Preemption:
     return self._manager.reached_preemption(step)
 
 
-class _MetricsLog:
-  """Per-step device metrics, fetched (one host sync) at log and checkpoint steps.
+def check_finite(fetched: list[tuple[int, dict]]) -> None:
+  """Raises FloatingPointError naming the first step whose loss or gradient is not finite."""
+  for step, m in fetched:
+    if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
+      raise FloatingPointError(
+        f"step {step}: loss {m['loss']}, gradient norm {m['grad_norm']}; "
+        "stopping without saving this state"
+      )
 
-  Raises FloatingPointError naming the first step whose loss or gradient is not finite, so
-  that no NaN state is ever checkpointed.
-  """
+
+class _MetricsLog:
+  """Per-step device metrics, fetched (one host sync) at log and checkpoint steps."""
 
   def __init__(self, workdir: Path, global_batch_size: int):
     self._pending: list[tuple[int, dict]] = []
@@ -372,30 +378,28 @@ class _MetricsLog:
   def add(self, step: int, metrics: dict) -> None:
     self._pending.append((step, metrics))
 
-  def flush(self) -> dict | None:
-    """Checks and writes the pending steps; returns the last step's summary."""
-    if not self._pending:
+  def fetch(self) -> list[tuple[int, dict]]:
+    """The pending (step, metrics) on the host."""
+    fetched = jax.device_get(self._pending)
+    self._pending = []
+    return fetched
+
+  def write(self, fetched: list[tuple[int, dict]]) -> dict | None:
+    """Writes a summary of the fetched steps; returns it."""
+    if not fetched:
       return None
-    fetched = jax.device_get([m for _, m in self._pending])
-    steps = [s for s, _ in self._pending]
-    for step, m in zip(steps, fetched, strict=True):
-      if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
-        raise FloatingPointError(
-          f"step {step}: loss {m['loss']}, gradient norm "
-          f"{m['grad_norm']}; stopping without saving this state"
-        )
+    steps, values = [s for s, _ in fetched], [m for _, m in fetched]
     now = time.perf_counter()
     first = steps[0] - 1 if self._last_step is None else self._last_step
     summary = {
       "step": steps[-1],
-      "loss": float(np.mean([m["loss"] for m in fetched])),
-      "lr": float(fetched[-1]["lr"]),
-      "grad_norm": float(fetched[-1]["grad_norm"]),
-      "dataset_loss": [float(x) for x in np.mean([m["dataset_loss"] for m in fetched], 0)],
+      "loss": float(np.mean([m["loss"] for m in values])),
+      "lr": float(values[-1]["lr"]),
+      "grad_norm": float(values[-1]["grad_norm"]),
+      "dataset_loss": [float(x) for x in np.mean([m["dataset_loss"] for m in values], 0)],
       "images_per_s": (steps[-1] - first) * self._batch / (now - self._last_time),
     }
     self._last_time, self._last_step = now, steps[-1]
-    self._pending = []
     if self._primary:
       self._jsonl.write(json.dumps(summary) + "\n")
       self._jsonl.flush()
@@ -414,37 +418,26 @@ class _MetricsLog:
       self._jsonl.close()
 
 
-def train(
-  config: ml_collections.ConfigDict, workdir: str | Path
-) -> tuple[models.HRNet, dict] | None:
+def train(plan: Plan, workdir: str | Path) -> tuple[models.HRNet, dict] | None:
   """Trains (or resumes) in `workdir`; returns (fp32 model, variables), None if preempted.
 
   Writes workdir/{config.json, metrics.jsonl, tensorboard/, checkpoints/, model/}.
   """
+  config = plan.config
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  resolved = resolved_config(config)
   if jax.process_index() == 0:
-    (workdir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
-  datasets = tuple(resolved["derived"]["train_datasets"])
-  shares = tuple(resolved["derived"]["shares"])
-  steps = resolved["derived"]["total_steps"]
-  model_cfg = models.HRNetConfig.from_dict(resolved["derived"]["model"])
-  model = models.HRNet(config=model_cfg, dtype=DTYPES[config.dtype])
-  luts = label_luts(config, datasets)
-  tx, schedule = create_optimizer(config.optim, steps)
+    (workdir / "config.json").write_text(json.dumps(plan.to_json(), indent=2) + "\n")
+  model = models.HRNet(config=plan.model, dtype=DTYPES[config.dtype])
+  tx, schedule = create_optimizer(config.optim, plan.total_steps)
 
   mesh = make_mesh()
   jax.set_mesh(mesh)
-  if config.batch_size % jax.device_count():
-    raise ValueError(
-      f"config.batch_size={config.batch_size} is not divisible by the {jax.device_count()} devices"
-    )
   replicated, data_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
 
   dataset = batching.train_dataset(
-    datasets,
-    shares,
+    plan.datasets,
+    plan.shares,
     data_root=config.data.data_root,
     roots=config.data.roots.to_dict() or None,
     crop_size=config.data.crop_size,
@@ -465,7 +458,7 @@ def train(
   latest = manager.latest_step()
   if latest is None:
     state = jax.jit(functools.partial(init_state, model, tx), out_shardings=replicated)(
-      rng, initial_variables(config, model, rng)
+      rng, initial_variables(plan, model, rng)
     )
   else:
     abstract = jax.tree.map(
@@ -483,14 +476,19 @@ def train(
     note(f"Resumed from {manager.directory} at step {latest}")
 
   step_fn = jax.jit(
-    functools.partial(train_step, model=model, luts=luts, tx=tx, schedule=schedule),
+    functools.partial(train_step, model=model, luts=plan.luts, tx=tx, schedule=schedule),
     donate_argnums=0,
     out_shardings=replicated,
   )
   log = _MetricsLog(workdir, config.batch_size)
 
+  def flush() -> dict | None:
+    fetched = log.fetch()
+    check_finite(fetched)  # before these steps are logged, or their state saved
+    return log.write(fetched)
+
   def save(step: int) -> None:
-    log.flush()  # raises before a non-finite state can be saved
+    flush()
     manager.save(
       step,
       args=ocp.args.Composite(
@@ -501,7 +499,7 @@ def train(
   start = int(state["step"])
   preempted = False
   bar = tqdm.tqdm(
-    total=steps,
+    total=plan.total_steps,
     initial=start,
     desc="train",
     unit="step",
@@ -510,15 +508,15 @@ def train(
   )
   try:
     with _Preemption(manager) as preemption:
-      for step in range(start + 1, steps + 1):
+      for step in range(start + 1, plan.total_steps + 1):
         state, metrics = step_fn(state, global_batch(next(data_iter), data_sharding))
         log.add(step, metrics)
         bar.update()
         if step == start + 1:
-          log.flush()  # excludes compilation from the throughput
+          flush()  # excludes compilation from the throughput
           log.reset_clock()
         elif step % config.log_every == 0:
-          summary = log.flush()
+          summary = flush()
           bar.set_postfix(
             loss=f"{summary['loss']:.4f}",
             lr=f"{summary['lr']:.2e}",
@@ -529,9 +527,9 @@ def train(
           save(step)
           preempted = True
           break
-        if step % config.checkpoint.every_steps == 0 or step == steps:
+        if step % config.checkpoint.every_steps == 0 or step == plan.total_steps:
           save(step)
-      log.flush()
+      flush()
       manager.wait_until_finished()
   finally:
     bar.close()
@@ -541,8 +539,8 @@ def train(
   if preempted:
     return None
   variables = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
-  models.save_checkpoint(workdir / "model", model_cfg, variables)
-  return models.HRNet(config=model_cfg), variables
+  models.save_checkpoint(workdir / "model", plan.model, variables)
+  return models.HRNet(config=plan.model), variables
 
 
 def evaluate(
@@ -552,24 +550,25 @@ def evaluate(
   out = Path(workdir) / "eval"
   results = []
   for name in config.eval.datasets:
-    results.append(
-      evaluate_lib.evaluate_dataset(
-        model,
-        variables,
-        name,
-        config.data.data_root,
-        roots=config.data.roots.to_dict() or None,
-        lists_dir=config.data.lists_dir,
-        base_size=config.eval.base_size,
-        scales=tuple(config.eval.scales),
-        crop=config.eval.crop,
-        regime=config.eval.regime,
-        batch_size=config.eval.batch_size,
-        limit=config.eval.limit,
-        save_dir=out / name,
-        model_name=Path(workdir).name,
-      )
+    spec = evaluate_lib.Spec(
+      name,
+      regime=config.eval.regime,
+      base_size=config.eval.base_size,
+      scales=tuple(config.eval.scales),
+      crop=config.eval.crop,
+      limit=config.eval.limit,
+      model=Path(workdir).name,
     )
+    evaluator = evaluate_lib.Evaluator(
+      model,
+      variables,
+      spec,
+      config.data.data_root,
+      roots=config.data.roots.to_dict() or None,
+      lists_dir=config.data.lists_dir,
+      batch_size=config.eval.batch_size,
+    )
+    results.append(evaluator.run(out / name))
   if results and jax.process_index() == 0:
     print(metrics_lib.markdown_table(results))
   return results
@@ -577,8 +576,6 @@ def evaluate(
 
 def ensure_data(config: ml_collections.ConfigDict) -> None:
   """Writes the synthetic composite at data.data_root if `data.synthetic` and it is missing."""
-  if not config.data.data_root:
-    raise ValueError("config.data.data_root is not set (--config.data.data_root=DIR)")
   root = Path(config.data.data_root)
   if config.data.synthetic and not root.exists():
     note(f"Writing the synthetic composite to {root}")
@@ -605,8 +602,9 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   config = _CONFIG.value
   initialize_distributed(config)
+  plan = make_plan(config)
   ensure_data(config)
-  result = train(config, _WORKDIR.value)
+  result = train(plan, _WORKDIR.value)
   if result is None:
     sys.exit(128 + signal.SIGTERM)
   evaluate(config, _WORKDIR.value, *result)

@@ -3,7 +3,7 @@
 import cv2
 import numpy as np
 import pytest
-from test_evaluate import write_tiny_checkpoint
+from conftest import write_tiny_checkpoint
 
 from mseg_jax import demo, taxonomy
 from mseg_jax.input_pipeline import catalog, sources, synthetic

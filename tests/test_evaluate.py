@@ -7,23 +7,26 @@ import shutil
 from pathlib import Path
 
 import cv2
-import jax
 import numpy as np
 import pytest
+from conftest import write_tiny_checkpoint
 
 from mseg_jax import evaluate, inference, models, taxonomy
 from mseg_jax.input_pipeline import catalog, sources, synthetic
-from mseg_jax.models.convert import abstract_variables
 
-TINY = models.HRNetConfig(
-  num_classes=194,
-  stage1_blocks=1,
-  stage1_planes=8,
-  stage_modules=(1, 1, 1),
-  stage_blocks=((1, 1), (1, 1, 1), (1, 1, 1, 1)),
-  stage_widths=((8, 16), (8, 16, 32), (8, 16, 32, 64)),
-)
-SETTINGS = dict(base_size=64, crop=65, batch_size=2)
+SETTINGS = dict(base_size=64, crop=65)
+
+
+def run_evaluation(
+  model, variables, dataset, data_root, save_dir=None, *, lists_dir=None, roots=None, **spec
+):
+  """Evaluator(...).run(...) with the fast settings; `save_predictions` goes to run."""
+  save_predictions = spec.pop("save_predictions", False)
+  spec = evaluate.Spec(dataset, **spec)
+  evaluator = evaluate.Evaluator(
+    model, variables, spec, data_root, roots=roots, lists_dir=lists_dir, batch_size=2
+  )
+  return evaluator.run(save_dir, save_predictions=save_predictions)
 
 
 @pytest.fixture(scope="module")
@@ -31,27 +34,6 @@ def data_root(tmp_path_factory):
   return synthetic.write_synthetic(
     tmp_path_factory.mktemp("data"), num_train=1, num_val=3, num_test=6, size=(96, 128)
   )
-
-
-def write_tiny_checkpoint(directory):
-  """A tiny random universal HRNet in the model format (numpy init: no slow jit of init)."""
-  rng = np.random.default_rng(0)
-
-  def fill(path, leaf):
-    name = jax.tree_util.keystr(path)
-    if name.endswith("['kernel']"):
-      fan_in = np.prod(leaf.shape[:-1])
-      return rng.normal(0, np.sqrt(2 / fan_in), leaf.shape).astype(np.float32)
-    if name.endswith("['var']") or name.endswith("['scale']"):
-      return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
-    return rng.uniform(-0.1, 0.1, leaf.shape).astype(np.float32)
-
-  variables = jax.tree_util.tree_map_with_path(fill, abstract_variables(TINY))
-  # Favour a few classes so that predictions are not all one class.
-  bias = variables["params"]["last_layer.3"]["bias"]
-  bias[[taxonomy.universal_id(n) for n in ("road", "sky", "building", "car")]] += 3.0
-  models.save_checkpoint(directory, TINY, variables)
-  return directory
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +118,7 @@ def test_cli_prints_table_and_matches_official_numpy(data_root, checkpoint, tmp_
 
 def test_interrupted_evaluation_resumes(data_root, checkpoint, tmp_path, monkeypatch):
   model, variables = models.load_checkpoint(checkpoint)
-  fresh = evaluate.evaluate_dataset(model, variables, "camvid-11", data_root, **SETTINGS)
+  fresh = run_evaluation(model, variables, "camvid-11", data_root, **SETTINGS)
 
   calls = []
   real_call = inference.Predictor.__call__
@@ -150,30 +132,22 @@ def test_interrupted_evaluation_resumes(data_root, checkpoint, tmp_path, monkeyp
   monkeypatch.setattr(inference.Predictor, "__call__", flaky)
   monkeypatch.setattr(evaluate, "SAVE_EVERY_S", 1e9)  # only the interrupt saves
   with pytest.raises(KeyboardInterrupt):
-    evaluate.evaluate_dataset(
-      model, variables, "camvid-11", data_root, save_dir=tmp_path, **SETTINGS
-    )
+    run_evaluation(model, variables, "camvid-11", data_root, save_dir=tmp_path, **SETTINGS)
   assert int(np.load(tmp_path / "partial.npz")["done"]) == 3
   calls.clear()
-  resumed = evaluate.evaluate_dataset(
-    model, variables, "camvid-11", data_root, save_dir=tmp_path, **SETTINGS
-  )
+  resumed = run_evaluation(model, variables, "camvid-11", data_root, save_dir=tmp_path, **SETTINGS)
   assert len(calls) == 3  # only the 3 images left
   assert not (tmp_path / "partial.npz").exists()
   assert resumed["miou"] == pytest.approx(fresh["miou"], abs=1e-12)
   np.testing.assert_allclose(resumed["iou"], fresh["iou"], atol=1e-12)
   calls.clear()
-  again = evaluate.evaluate_dataset(
-    model, variables, "camvid-11", data_root, save_dir=tmp_path, **SETTINGS
-  )
+  again = run_evaluation(model, variables, "camvid-11", data_root, save_dir=tmp_path, **SETTINGS)
   assert not calls and again["miou"] == resumed["miou"]  # a finished evaluation is reused
 
 
 def test_training_regime_maps_labels_to_universal_and_excludes_ids(data_root, checkpoint):
   model, variables = models.load_checkpoint(checkpoint)
-  r = evaluate.evaluate_dataset(
-    model, variables, "cityscapes-19", data_root, regime="training", **SETTINGS
-  )
+  r = run_evaluation(model, variables, "cityscapes-19", data_root, regime="training", **SETTINGS)
   lut = taxonomy.to_universal_lut("cityscapes-19")
   reachable = sorted(set(lut[:19].tolist()) - {255})
   assert sorted(set(range(194)) - set(r["excluded_ids"])) == reachable
@@ -184,9 +158,9 @@ def test_training_regime_maps_labels_to_universal_and_excludes_ids(data_root, ch
 def test_regimes_reject_mismatched_models(data_root, checkpoint):
   model, variables = models.load_checkpoint(checkpoint)
   with pytest.raises(ValueError, match="oracle needs a model trained on camvid-11"):
-    evaluate.evaluate_dataset(model, variables, "camvid-11", data_root, regime="oracle")
+    run_evaluation(model, variables, "camvid-11", data_root, regime="oracle")
   with pytest.raises(ValueError, match="--regime training"):
-    evaluate.evaluate_dataset(model, variables, "cityscapes-19", data_root)
+    run_evaluation(model, variables, "cityscapes-19", data_root)
 
 
 CS, CS_RELABELED = "cityscapes-19", "cityscapes-19-relabeled"
@@ -245,7 +219,7 @@ def test_relabeled_cli_rewards_and_penalizes_with_lists_read_in_place(
   intersectionAndUnion (numpy) on the saved raw predictions and both labels."""
   model, variables = models.load_checkpoint(checkpoint)
   plain = tmp_path / "plain"
-  evaluate.evaluate_dataset(
+  run_evaluation(
     model,
     variables,
     CS,
@@ -321,11 +295,9 @@ def test_relabeled_cli_rewards_and_penalizes_with_lists_read_in_place(
 def test_relabeled_evaluation_checks_its_inputs(data_root, checkpoint, tmp_path):
   model, variables = models.load_checkpoint(checkpoint)
   with pytest.raises(ValueError, match="part of the training regime"):
-    evaluate.evaluate_dataset(model, variables, "camvid-11", data_root, relabeled=True)
+    run_evaluation(model, variables, "camvid-11", data_root, relabeled=True)
   with pytest.raises(ValueError, match="unrelabeled name"):
-    evaluate.evaluate_dataset(
-      model, variables, CS_RELABELED, data_root, regime="training", relabeled=True
-    )
+    run_evaluation(model, variables, CS_RELABELED, data_root, regime="training", relabeled=True)
   lines = catalog.list_path(data_root, CS, "val").read_text().splitlines()
   for relabeled_lines, error in ((lines[:2], "has 2 lines"), (lines[::-1], "is not")):
     lists = tmp_path / error.replace(" ", "_")
@@ -333,6 +305,6 @@ def test_relabeled_evaluation_checks_its_inputs(data_root, checkpoint, tmp_path)
       (lists / name / "list").mkdir(parents=True)
       (lists / name / "list" / "val.txt").write_text("\n".join(text) + "\n")
     with pytest.raises(ValueError, match=error):
-      evaluate.evaluate_dataset(
+      run_evaluation(
         model, variables, CS, data_root, regime="training", relabeled=True, lists_dir=lists
       )

@@ -15,7 +15,7 @@ from conftest import shared_path
 
 from mseg_jax import taxonomy as tx
 from mseg_jax.taxonomy import __main__ as cli
-from mseg_jax.taxonomy import mseg_format
+from mseg_jax.taxonomy import importer
 
 MSEG_API = ("reference", "mseg-api")
 TEST_COLUMNS = (
@@ -253,10 +253,10 @@ def test_real_ade20k_annotation_remaps_by_class_name(mseg_api):
 
 
 def test_shipped_data_equals_the_tool_output(mseg_api):
-  built = mseg_format.build_taxonomy(mseg_api)
+  built = importer.build_taxonomy(mseg_api)
   shipped_text = tx.DATA_FILE.read_text(encoding="utf-8")
   assert json.loads(shipped_text) == built
-  assert shipped_text == mseg_format.dumps(built)
+  assert shipped_text == importer.dumps(built)
 
 
 def test_tool_writes_taxonomy_json(mseg_api, tmp_path, capsys):
@@ -303,7 +303,7 @@ unlabeled\tjunk\t\t\t
 
 def test_importer_parses_mseg_cells(tmp_path):
   write_tree(tmp_path, NAMES, MASTER)
-  data = mseg_format.build_taxonomy(
+  data = importer.build_taxonomy(
     tmp_path, unrelabeled_train=("a",), relabeled_train=(), test=("t",)
   )
   assert data["universal"] == ["road", "sign", "pole"]
@@ -317,7 +317,7 @@ def test_importer_parses_mseg_cells(tmp_path):
 def test_importer_accepts_lf_and_short_rows(tmp_path):
   master = MASTER.replace("unlabeled\tjunk\t\t\t", "unlabeled\tjunk")
   write_tree(tmp_path, NAMES, master, eol="\n")
-  data = mseg_format.build_taxonomy(
+  data = importer.build_taxonomy(
     tmp_path, unrelabeled_train=("a",), relabeled_train=(), test=("t",)
   )
   assert data["to_universal"]["a"] == [0, 1, 1, 255]
@@ -364,8 +364,8 @@ def test_importer_accepts_lf_and_short_rows(tmp_path):
 )
 def test_importer_rejects_malformed_tsv(tmp_path, master, message):
   tsv = write_tree(tmp_path, NAMES, master)
-  with pytest.raises(mseg_format.TaxonomyError, match=message) as e:
-    mseg_format.build_taxonomy(tmp_path, unrelabeled_train=("a",), relabeled_train=(), test=("t",))
+  with pytest.raises(importer.TaxonomyError, match=message) as e:
+    importer.build_taxonomy(tmp_path, unrelabeled_train=("a",), relabeled_train=(), test=("t",))
   assert str(tsv) in str(e.value)
 
 
@@ -377,25 +377,25 @@ def test_importer_reads_pairwise_tsvs(tmp_path):
     "a-raw\ta\r\nunlabeled\tunlabeled\r\nroad\troad\r\nsign\ttraffic sign\r\n"
     "junk\tunlabeled\r\nunlabeled\tunlabeled\r\n"
   )
-  data = mseg_format.build_taxonomy(
+  data = importer.build_taxonomy(
     tmp_path, unrelabeled_train=("a",), relabeled_train=(), test=("t",)
   )
   expected = [255, 0, 1, 255] + [255] * 252
   assert data["pairwise"] == {"a-raw>a": expected}
   pair.write_text("a-raw\ta\nunlabeled\tunlabeled\nroad\troad\nsign\tsign\njunk\tunlabeled\n")
-  with pytest.raises(mseg_format.TaxonomyError, match=r"line 4, column 'a': class 'sign' is not"):
-    mseg_format.build_taxonomy(tmp_path, unrelabeled_train=("a",), relabeled_train=(), test=("t",))
+  with pytest.raises(importer.TaxonomyError, match=r"line 4, column 'a': class 'sign' is not"):
+    importer.build_taxonomy(tmp_path, unrelabeled_train=("a",), relabeled_train=(), test=("t",))
   pair.write_text("a-raw\ta\nroad\troad\nsign\ttraffic sign\n")
-  with pytest.raises(mseg_format.TaxonomyError, match=r"no row for a-raw class\(es\) \['unlab"):
-    mseg_format.build_taxonomy(tmp_path, unrelabeled_train=("a",), relabeled_train=(), test=("t",))
+  with pytest.raises(importer.TaxonomyError, match=r"no row for a-raw class\(es\) \['unlab"):
+    importer.build_taxonomy(tmp_path, unrelabeled_train=("a",), relabeled_train=(), test=("t",))
 
 
 def test_custom_taxonomy_is_used_through_the_environment(tmp_path):
   write_tree(tmp_path / "api", NAMES, MASTER)
-  data = mseg_format.build_taxonomy(
+  data = importer.build_taxonomy(
     tmp_path / "api", unrelabeled_train=("a",), relabeled_train=(), test=("t",)
   )
-  path = mseg_format.write_taxonomy(data, tmp_path / "custom")
+  path = importer.write_taxonomy(data, tmp_path / "custom")
   env = dict(os.environ, MSEG_JAX_TAXONOMY=str(path), JAX_PLATFORMS="cpu")
   run = subprocess.run(
     [sys.executable, "-m", "mseg_jax.taxonomy", "projection", "t"],

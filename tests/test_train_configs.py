@@ -1,14 +1,11 @@
 """The config files reproduce the official recipes (mseg_reference.md 2.2, mseg-semantic yamls)."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from mseg_jax import taxonomy, train
+from configs import mseg_1m, mseg_3m, single_dataset
+from mseg_jax import models, taxonomy, train
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # DATA.dataset of config/train/1080_release/mseg-unrelabeled.yaml and mseg-relabeled-3m.yaml
 UNRELABELED = (
   "ade20k-150",
@@ -30,10 +27,11 @@ RELABELED = (
 )
 
 
+CONFIGS = {"mseg_3m": mseg_3m, "mseg_1m": mseg_1m, "single_dataset": single_dataset}
+
+
 def _config(name: str, arg: str | None = None):
-  spec = importlib.util.spec_from_file_location(name, CONFIGS / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = CONFIGS[name]
   return module.get_config() if arg is None else module.get_config(arg)
 
 
@@ -86,9 +84,27 @@ def test_pretrained_backbone_keeps_a_mismatched_head_and_finetuning_refuses_it()
       "last_layer.3": {"kernel": np.ones((1, 1, 4, 194), np.float32)},
     }
   }
-  merged, kept = train.merge_pretrained(init, pretrained, strict=False, source="imagenet")
+  merged, kept = models.merge_pretrained(init, pretrained, strict=False, source="imagenet")
   assert (merged["params"]["conv1"]["kernel"] == 1).all()
   assert (merged["params"]["last_layer.3"]["kernel"] == 0).all()
   assert kept == ["['params']['last_layer.3']['kernel']"]
   with pytest.raises(ValueError, match=r"ckpt: .*last_layer.3.*shape \(1, 1, 4, 194\)"):
-    train.merge_pretrained(init, pretrained, strict=True, source="ckpt")
+    models.merge_pretrained(init, pretrained, strict=True, source="ckpt")
+
+
+def test_plan_checks_the_config_before_anything_is_built():
+  config = mseg_3m.get_config("1080p")
+  with pytest.raises(ValueError, match="config.data.data_root is not set"):
+    train.make_plan(config)
+  config.data.data_root = "/data"
+  with pytest.raises(ValueError, match="'imagenet' needs config.init.checkpoint"):
+    train.make_plan(config)
+  config.init.kind = "scratch"
+  with pytest.raises(ValueError, match="config.init.kind='scratch'"):
+    train.make_plan(config)
+  config.init.kind = "none"
+  plan = train.make_plan(config)
+  assert plan.datasets == RELABELED and plan.shares == (5,) * 7 and plan.total_steps == 600_000
+  assert plan.model == models.preset("hrnet_w48") and plan.luts.shape == (7, 256)
+  derived = plan.to_json()["derived"]
+  assert derived["train_datasets"] == list(RELABELED) and derived["total_steps"] == 600_000

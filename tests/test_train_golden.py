@@ -1,6 +1,6 @@
 """The train step reproduces two official SGD steps (golden README "Training step golden").
 
-Every check of the README's tolerance table, numbered as there.
+Every check of the README's tolerance table; each docstring gives its number there.
 """
 
 import functools
@@ -113,18 +113,21 @@ def test_uint8_path_gives_the_official_normalized_input(golden):
   np.testing.assert_allclose(ours, inputs["images"], atol=1e-6, rtol=0)
 
 
-def test_1_step1_loss(golden, run):
+def test_step1_loss_matches_official(golden, run):
+  """README check 1."""
   ref = golden[0]["loss"][0]
   assert abs(run["loss1"] - ref) / ref <= 2e-5
 
 
-def test_2_logits_quarter_step1(golden, run):
+def test_step1_quarter_resolution_logits_match_official(golden, run):
+  """README check 2."""
   ref = golden[0]["logits_quarter_step1"]
   ours = run["quarter"].transpose(0, 3, 1, 2)
   assert np.abs(ours - ref).max() / np.abs(ref).max() <= 1e-4
 
 
-def test_3_bn_stats_after_step1(golden, run):
+def test_bn_running_stats_after_step1_match_official(golden, run):
+  """README check 3."""
   expected, _, p0, *_ = golden
   keys = [k[len("bn_after_step1/") :] for k in expected if k.startswith("bn_after_step1/")]
   assert len(keys) == 252
@@ -134,7 +137,8 @@ def test_3_bn_stats_after_step1(golden, run):
     assert np.abs(run["state1"][key] - ref).max() / s <= 5e-3, key
 
 
-def test_4_step1_gradients(golden, run):
+def test_step1_gradients_match_official(golden, run):
+  """README check 4."""
   expected = golden[0]
   for key in SPEC:
     if key == "last_layer.0.bias":
@@ -143,7 +147,8 @@ def test_4_step1_gradients(golden, run):
     assert np.linalg.norm(run["grads"][key] - ref) / np.linalg.norm(ref) <= 0.05, key
 
 
-def test_5_gradient_norms_of_all_parameters(golden, run):
+def test_step1_gradient_norms_of_all_parameters_match_official(golden, run):
+  """README check 5."""
   expected = golden[0]
   keys = [str(k) for k in expected["param_keys"]]
   assert len(keys) == 381
@@ -153,11 +158,13 @@ def test_5_gradient_norms_of_all_parameters(golden, run):
   assert (np.abs(ours - ref)[big] / ref[big]).max() <= 0.04
 
 
-def test_6_bias_before_bn_has_zero_gradient(run):
+def test_bias_before_bn_has_zero_gradient(run):
+  """README check 6."""
   assert np.abs(run["grads"]["last_layer.0.bias"]).max() <= 1e-5
 
 
-def test_7_optimizer_replay_on_the_stored_gradients(golden):
+def test_optimizer_replayed_on_official_gradients_gives_official_params(golden):
+  """README check 7."""
   expected, _, p0, *_ = golden
   tx, schedule = _tx(expected)
   np.testing.assert_allclose([schedule(0), schedule(1)], expected["lr"], rtol=1e-6)
@@ -173,7 +180,8 @@ def test_7_optimizer_replay_on_the_stored_gradients(golden):
     assert np.abs(np.asarray(params[key]) - ref).max() / scale <= 1, key
 
 
-def test_8_step2_loss(golden, run):
+def test_step2_loss_and_both_learning_rates_match_official(golden, run):
+  """README check 8."""
   assert abs(run["loss2"] - golden[0]["loss"][1]) <= 0.1
   np.testing.assert_allclose([run["lr1"], run["lr2"]], golden[0]["lr"], rtol=1e-6)
 
@@ -184,21 +192,24 @@ def _relative_update_error(keys, ours, expected, p0):
   return np.linalg.norm(du) / np.linalg.norm(u)
 
 
-def test_9_bn_stats_after_step2(golden, run):
+def test_bn_running_stats_after_step2_match_official(golden, run):
+  """README check 9."""
   expected, _, p0, *_ = golden
   keys = [k for k in p0 if k.endswith((".running_mean", ".running_var"))]
   assert len(keys) == 252
   assert _relative_update_error(keys, run["state2"], expected, p0) <= 0.2
 
 
-def test_10_params_after_step2(golden, run):
+def test_params_after_step2_match_official(golden, run):
+  """README check 10."""
   expected, _, p0, *_ = golden
   keys = [str(k) for k in expected["param_keys"]]
   assert _relative_update_error(keys, run["state2"], expected, p0) <= 0.35
 
 
-def test_11_batches_tracked(golden, run):
-  """No num_batches_tracked buffer here (momentum is set, torch ignores it); the step counts."""
+def test_step_count_matches_official_batches_tracked(golden, run):
+  """README check 11. No num_batches_tracked buffer here (momentum is set, torch ignores it);
+  the step counts."""
   raw = torch_checkpoint.load(shared_path("golden", "hrnet_small_random.pth"))["state_dict"]
   start = int(raw["module.bn1.num_batches_tracked"])
   assert start + run["step"] == int(golden[0]["bn1.num_batches_tracked"]) == 5

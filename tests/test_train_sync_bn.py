@@ -8,6 +8,7 @@ the same jitted train_step, the same global batch, once on a 1-device mesh and o
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -18,9 +19,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from mseg_jax import models, train
 
 assert jax.device_count() == 4, jax.devices()
-config = models.HRNetConfig(num_classes=5, stage1_blocks=1, stage1_planes=8,
-                            stage_modules=(1, 1, 1), stage_blocks=((1, 1), (1, 1, 1), (1, 1, 1, 1)),
-                            stage_widths=((4, 8), (4, 8, 16), (4, 8, 16, 32)))
+from conftest import tiny_hrnet_config
+config = tiny_hrnet_config(num_classes=5, width=4)
 model = models.HRNet(config=config)
 optim = ml_collections.ConfigDict(dict(base_lr=0.1, momentum=0.9, weight_decay=1e-4, power=0.9))
 tx, schedule = train.create_optimizer(optim, 100)
@@ -69,7 +69,12 @@ def test_sharded_step_equals_single_device_step(tmp_path):
   )  # compiles 2x faster
   out = tmp_path / "out.npz"
   proc = subprocess.run(
-    [sys.executable, "-c", CHILD, str(out)], env=env, capture_output=True, text=True, timeout=900
+    [sys.executable, "-c", CHILD, str(out)],
+    cwd=Path(__file__).parent,  # conftest is importable
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = np.load(out)

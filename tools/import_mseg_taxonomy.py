@@ -10,7 +10,7 @@
 import argparse
 import sys
 
-from mseg_jax.taxonomy import mseg_format
+from mseg_jax.taxonomy import importer
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -25,38 +25,38 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument(
     "--unrelabeled-train",
     type=_names,
-    default=mseg_format.MSEG_UNRELABELED_TRAIN,
+    default=importer.MSEG_UNRELABELED_TRAIN,
     help="comma-separated",
   )
   parser.add_argument(
     "--relabeled-train",
     type=_names,
-    default=mseg_format.MSEG_RELABELED_TRAIN,
+    default=importer.MSEG_RELABELED_TRAIN,
     help="comma-separated",
   )
   parser.add_argument(
     "--test",
     type=_names,
-    default=mseg_format.MSEG_TEST,
+    default=importer.MSEG_TEST,
     help="comma-separated test-dataset columns",
   )
   args = parser.parse_args(argv)
   try:
-    data = mseg_format.build_taxonomy(
+    data = importer.build_taxonomy(
       args.mseg_api, args.tsv, args.unrelabeled_train, args.relabeled_train, args.test
     )
-  except mseg_format.TaxonomyError as e:
+  except importer.TaxonomyError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  out = mseg_format.write_taxonomy(data, args.out)
+  out = importer.write_taxonomy(data, args.out)
   print(
     f"{len(data['universal'])} universal classes, {len(data['classes'])} dataset taxonomies, "
     f"{len(data['pairwise'])} pairwise remaps, {len(data['naive'])} naive classes -> {out}"
   )
   for d, lut in data["to_universal"].items():
-    unmapped = [n for n, u in zip(data["classes"][d], lut, strict=True) if u == mseg_format.IGNORE]
+    unmapped = [n for n, u in zip(data["classes"][d], lut, strict=True) if u == importer.IGNORE]
     if unmapped:
-      print(f"  {d}: {len(unmapped)} class(es) -> {mseg_format.IGNORE}: {', '.join(unmapped)}")
+      print(f"  {d}: {len(unmapped)} class(es) -> {importer.IGNORE}: {', '.join(unmapped)}")
   return 0
 
 

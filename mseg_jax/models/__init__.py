@@ -17,6 +17,7 @@ from mseg_jax.models.hrnet import (
   fold_batch_norm,
   preset,
 )
+from mseg_jax.models.pretrained import PRETRAINED_KINDS, load_pretrained, merge_pretrained
 from mseg_jax.models.resize import resize_bilinear
 
 __all__ = [
@@ -24,12 +25,15 @@ __all__ = [
   "ConversionError",
   "HRNet",
   "HRNetConfig",
+  "PRETRAINED_KINDS",
   "backbone_to_variables",
   "checkpoint_state_dict",
   "compiler_options",
   "fold_batch_norm",
   "infer_config",
   "load_checkpoint",
+  "load_pretrained",
+  "merge_pretrained",
   "preset",
   "resize_bilinear",
   "save_checkpoint",

@@ -361,8 +361,8 @@ def fold_batch_norm(model: HRNet, variables: dict[str, Any]) -> tuple[HRNet, dic
   return model.clone(bn_folded=True), {"params": folded}
 
 
-# XLA:CPU's experimental YNN fusions make HRNet ~15-20% slower on x86 (2-core AVX2 machine,
-# jaxlib 0.10.2); the logits are the same. Process-wide: XLA_FLAGS=<flag>= does the same.
+# XLA:CPU's experimental YNN fusions make HRNet slower on x86 (BENCHMARKS.md, "HRNet forward");
+# the logits are the same. Process-wide: XLA_FLAGS=<flag>= does the same.
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 

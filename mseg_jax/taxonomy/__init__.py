@@ -1,8 +1,9 @@
 """MSeg's taxonomies: the universal taxonomy, the 33 dataset taxonomies and the maps between them.
 
-Data: `data/taxonomy.json`, built from mseg-api by `tools/import_mseg_taxonomy.py`
-(set MSEG_JAX_TAXONOMY=path/to/taxonomy.json to use a custom one). Arrays returned here are
-fresh numpy copies; `remap_labels` and `project_probs` are the jitted ops that apply them.
+Data: `data/taxonomy.json`, built from mseg-api by `tools/import_mseg_taxonomy.py` (with
+`taxonomy/importer.py`; set MSEG_JAX_TAXONOMY=path/to/taxonomy.json to use a custom one).
+Arrays returned here are fresh numpy copies; `remap_labels` and `project_probs` are the jitted
+ops that apply them.
 """
 
 import functools
@@ -12,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mseg_jax.taxonomy.mseg_format import FORMAT
-from mseg_jax.taxonomy.ops import project_probs, remap_labels
+from mseg_jax.taxonomy.ops import IGNORE, project_probs, remap_labels
 
 __all__ = [
   "DATA_FILE",
+  "FORMAT",
   "IGNORE",
   "NUM_UNIVERSAL",
   "UNRELABELED_TRAIN_DATASETS",
@@ -46,7 +47,7 @@ __all__ = [
 DATA_FILE = Path(
   os.environ.get("MSEG_JAX_TAXONOMY") or Path(__file__).parent / "data" / "taxonomy.json"
 )
-IGNORE = 255
+FORMAT = "mseg-jax taxonomy 1"  # of taxonomy.json (written by taxonomy/importer.py)
 UNIVERSAL = "universal"
 
 

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-IGNORE = 255
+IGNORE = 255  # the ignore label of every taxonomy; exported as taxonomy.IGNORE
 
 
 def _lookup(labels: jax.Array, lut: jax.Array) -> jax.Array:

@@ -1,4 +1,6 @@
-"""Reads mseg-api's taxonomy files and builds our JSON taxonomy from them.
+"""The mseg-api importer: reads mseg-api's taxonomy files and builds our taxonomy.json.
+
+Used by tools/import_mseg_taxonomy.py; the runtime (`mseg_jax.taxonomy`) only reads its output.
 
 The rules are those of mseg-api (`mseg/taxonomy/taxonomy_converter.py`,
 `naive_taxonomy_converter.py`, `label_preparation/remap_dataset.py`, `utils/names_utils.py`):
@@ -21,13 +23,14 @@ Unlike mseg-api, unmapped ids become 255 (not 0), and a malformed TSV raises Tax
 naming the file, row, column and class instead of silently overwriting.
 """
 
+import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-FORMAT = "mseg-jax taxonomy 1"
-IGNORE = 255
+from mseg_jax.taxonomy import FORMAT, IGNORE
+
 UNLABELED = "unlabeled"
 
 # mseg-api's dataset groups (mseg/taxonomy/taxonomy_converter.py @ 2bd00ae).
@@ -132,6 +135,126 @@ def _ids_of(names: Sequence[str], cls: str) -> list[int]:
   return [i for i, n in enumerate(names) if n == cls]
 
 
+@dataclasses.dataclass(frozen=True)
+class _Master:
+  """A master TSV's cells, addressed by row and dataset column, for error messages."""
+
+  path: Path
+  header: list[str]
+  rows: list[tuple[int, list[str]]]
+
+  def universal(self, row: int) -> str:
+    return self.rows[row][1][self.header.index(UNIVERSAL_COLUMN)].strip()
+
+  def where(self, row: int, dataset: str) -> str:
+    return (
+      f"{self.path}: row {row} (line {self.rows[row][0]}, universal {self.universal(row)!r}), "
+      f"column {self.header.index(dataset) + 1} {dataset!r}"
+    )
+
+  def cells(self, dataset: str) -> Iterator[tuple[int, str]]:
+    """(row, cell) of every non-blank cell of a dataset column."""
+    for row, (_, cells) in enumerate(self.rows):
+      cell = cells[self.header.index(dataset)]
+      if cell.strip() != cell:
+        raise TaxonomyError(f"{self.where(row, dataset)}: cell {cell!r} has surrounding whitespace")
+      if cell:
+        yield row, cell
+
+  def ids(self, row: int, dataset: str, cls: str, names: Sequence[str]) -> list[int]:
+    ids = _ids_of(names, cls)
+    if not ids:
+      where = self.where(row, dataset)
+      raise TaxonomyError(f"{where}: class {cls!r} is not in {dataset}_names.txt")
+    return ids
+
+
+def _dataset_columns(
+  master: _Master, names: Mapping[str, Sequence[str]], test_datasets: Sequence[str]
+) -> tuple[list[str], list[str], list[str]]:
+  """(training columns, test columns, skipped columns) of the header."""
+  skipped, datasets = [], []
+  for col, name in enumerate(master.header, start=1):
+    if name == UNIVERSAL_COLUMN:
+      continue
+    if name in DOC_COLUMNS or name in UNUSED_COLUMNS:
+      skipped.append(name)
+    elif name not in names:
+      raise TaxonomyError(
+        f"{master.path}: line 1 (header), column {col} {name!r}: unknown dataset {name!r} "
+        f"(no dataset_lists/{name}/{name}_names.txt)"
+      )
+    else:
+      datasets.append(name)
+  missing = [d for d in test_datasets if d not in datasets]
+  if missing:
+    raise TaxonomyError(f"{master.path}: no column for test dataset(s) {missing}")
+  return [d for d in datasets if d not in test_datasets], list(test_datasets), skipped
+
+
+def _universal_ids(master: _Master) -> tuple[list[str], list[int]]:
+  """(universal class names, universal id of each row): ids follow the rows; the `unlabeled`
+  row, which must be last, is IGNORE."""
+  universal, uid_of_row, seen = [], [], {}
+  for row in range(len(master.rows)):
+    uname = master.universal(row)
+    at = f"{master.path}: row {row} (line {master.rows[row][0]}), column {UNIVERSAL_COLUMN!r}"
+    if not uname:
+      raise TaxonomyError(f"{at}: blank universal class name")
+    if uname in seen:
+      raise TaxonomyError(f"{at}: universal class {uname!r} repeats row {seen[uname]}")
+    seen[uname] = row
+    if uname == UNLABELED:
+      if row != len(master.rows) - 1:  # mseg-api's universal id is the row index
+        raise TaxonomyError(f"{at}: the {UNLABELED!r} row must be the last row")
+      uid_of_row.append(IGNORE)
+    else:
+      uid_of_row.append(len(universal))
+      universal.append(uname)
+  if len(universal) >= IGNORE:
+    raise TaxonomyError(
+      f"{master.path}: {len(universal)} universal classes; at most 254 fit in uint8"
+    )
+  return universal, uid_of_row
+
+
+def _to_universal(
+  master: _Master, dataset: str, names: Sequence[str], uid_of_row: list[int]
+) -> list[int]:
+  """Universal id (or IGNORE) per class id of a training column; a class maps at most once."""
+  lut, mapped_at = [IGNORE] * len(names), {}
+  for row, cell in master.cells(dataset):
+    try:
+      classes = parse_cell(cell)
+    except ValueError as e:
+      raise TaxonomyError(f"{master.where(row, dataset)}: {e}") from None
+    for cls in classes:
+      for i in master.ids(row, dataset, cls, names):
+        if i in mapped_at:
+          raise TaxonomyError(
+            f"{master.where(row, dataset)}: class {cls!r} is mapped twice (also in row "
+            f"{mapped_at[i]}, universal {master.universal(mapped_at[i])!r})"
+          )
+        mapped_at[i] = row
+        lut[i] = uid_of_row[row]
+  return lut
+
+
+def _from_universal(
+  master: _Master, dataset: str, names: Sequence[str], uid_of_row: list[int], num_universal: int
+) -> list[int]:
+  """Test class id (or -1) per universal id of a test column."""
+  proj = [-1] * num_universal
+  for row, cls in master.cells(dataset):
+    ids = master.ids(row, dataset, cls, names)
+    if uid_of_row[row] == IGNORE:
+      raise TaxonomyError(
+        f"{master.where(row, dataset)}: the {UNLABELED!r} row cannot feed test class {cls!r}"
+      )
+    proj[uid_of_row[row]] = ids[0]
+  return proj
+
+
 def parse_master_tsv(
   path: str | Path,
   names: Mapping[str, Sequence[str]],
@@ -149,105 +272,17 @@ def parse_master_tsv(
   header, rows = read_tsv(path)
   if UNIVERSAL_COLUMN not in header:
     raise TaxonomyError(f"{path}: line 1 (header) has no {UNIVERSAL_COLUMN!r} column")
-  skipped, datasets = [], []
-  for col, name in enumerate(header, start=1):
-    if name == UNIVERSAL_COLUMN:
-      continue
-    if name in DOC_COLUMNS or name in UNUSED_COLUMNS:
-      skipped.append(name)
-    elif name not in names:
-      raise TaxonomyError(
-        f"{path}: line 1 (header), column {col} {name!r}: unknown dataset {name!r} "
-        f"(no dataset_lists/{name}/{name}_names.txt)"
-      )
-    else:
-      datasets.append(name)
-  missing = [d for d in test_datasets if d not in datasets]
-  if missing:
-    raise TaxonomyError(f"{path}: no column for test dataset(s) {missing}")
-  tests = list(test_datasets)
-  trains = [d for d in datasets if d not in test_datasets]
-
-  ucol = header.index(UNIVERSAL_COLUMN)
-  universal, uid_of_row = [], []
-  seen = {}
-  for row, (line_no, cells) in enumerate(rows):
-    uname = cells[ucol].strip()
-    at = f"{path}: row {row} (line {line_no}), column {UNIVERSAL_COLUMN!r}"
-    if not uname:
-      raise TaxonomyError(f"{at}: blank universal class name")
-    if uname in seen:
-      raise TaxonomyError(f"{at}: universal class {uname!r} repeats row {seen[uname]}")
-    seen[uname] = row
-    if uname == UNLABELED:
-      if row != len(rows) - 1:  # mseg-api's universal id is the row index
-        raise TaxonomyError(f"{at}: the {UNLABELED!r} row must be the last row")
-      uid_of_row.append(IGNORE)
-    else:
-      uid_of_row.append(len(universal))
-      universal.append(uname)
-  if len(universal) >= IGNORE:
-    raise TaxonomyError(f"{path}: {len(universal)} universal classes; at most 254 fit in uint8")
-
-  def where(row: int, dataset: str) -> str:
-    line_no, cells = rows[row]
-    return (
-      f"{path}: row {row} (line {line_no}, universal {cells[ucol].strip()!r}), "
-      f"column {header.index(dataset) + 1} {dataset!r}"
-    )
-
-  def cell_of(row: int, dataset: str) -> str:
-    cell = rows[row][1][header.index(dataset)]
-    if cell.strip() != cell:
-      raise TaxonomyError(f"{where(row, dataset)}: cell {cell!r} has surrounding whitespace")
-    return cell
-
-  def check_known(row: int, dataset: str, cls: str) -> list[int]:
-    ids = _ids_of(names[dataset], cls)
-    if not ids:
-      raise TaxonomyError(f"{where(row, dataset)}: class {cls!r} is not in {dataset}_names.txt")
-    return ids
-
-  to_universal = {}
-  for d in trains:
-    lut = [IGNORE] * len(names[d])
-    mapped_at = {}
-    for row in range(len(rows)):
-      try:
-        classes = parse_cell(cell_of(row, d))
-      except ValueError as e:
-        raise TaxonomyError(f"{where(row, d)}: {e}") from None
-      for cls in classes:
-        for i in check_known(row, d, cls):
-          if i in mapped_at:
-            raise TaxonomyError(
-              f"{where(row, d)}: class {cls!r} is mapped twice (also in row {mapped_at[i]}, "
-              f"universal {rows[mapped_at[i]][1][ucol].strip()!r})"
-            )
-          mapped_at[i] = row
-          lut[i] = uid_of_row[row]
-    to_universal[d] = lut
-
-  from_universal = {}
-  for d in tests:
-    proj = [-1] * len(universal)
-    for row in range(len(rows)):
-      cls = cell_of(row, d)
-      if not cls:
-        continue
-      ids = check_known(row, d, cls)
-      if uid_of_row[row] == IGNORE:
-        raise TaxonomyError(
-          f"{where(row, d)}: the {UNLABELED!r} row cannot feed test class {cls!r}"
-        )
-      proj[uid_of_row[row]] = ids[0]
-    from_universal[d] = proj
+  master = _Master(path, header, rows)
+  trains, tests, skipped = _dataset_columns(master, names, test_datasets)
+  universal, uid_of_row = _universal_ids(master)
   return {
     "universal": universal,
     "train_datasets": trains,
     "test_datasets": tests,
-    "to_universal": to_universal,
-    "from_universal": from_universal,
+    "to_universal": {d: _to_universal(master, d, names[d], uid_of_row) for d in trains},
+    "from_universal": {
+      d: _from_universal(master, d, names[d], uid_of_row, len(universal)) for d in tests
+    },
     "skipped_columns": skipped,
   }
 

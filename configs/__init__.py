@@ -1,0 +1,1 @@
+"""Training configs: `--config=configs/<name>.py[:arg]`, or `from configs import <name>`."""
