@@ -6,7 +6,8 @@ The step follows the official multi-GPU recipe (mseg-semantic `train.py`, branch
 cross entropy (ignore 255) averaged over each dataset's valid pixels, then over the datasets;
 BatchNorm over the global batch (under `jax.jit` with the batch sharded on the mesh axis
 "data", XLA reduces BN statistics over all devices: synchronized BN); SGD with momentum and
-weight decay on every parameter; poly learning rate applied per step.
+weight decay on every parameter; poly learning rate applied per step. A PSPNet adds its aux
+loss (weight `aux_weight`) and uses `optim.lr_multipliers` (officially 10x for ppm, cls, aux).
 """
 
 import functools
@@ -100,24 +101,27 @@ def num_classes(config: ml_collections.ConfigDict, datasets: tuple[str, ...]) ->
   return len(taxonomy.class_names(datasets[0]))
 
 
-def model_config(config: ml_collections.ConfigDict, classes: int) -> models.HRNetConfig:
-  """`model.preset` with `model.arch` fields replaced."""
-  base = models.preset(config.model.preset, num_classes=classes).to_dict()
-  base.update(config.model.arch.to_dict())
-  base["num_classes"] = classes
-  return models.HRNetConfig.from_dict(base)
+def model_config(
+  config: ml_collections.ConfigDict, classes: int
+) -> models.HRNetConfig | models.PSPNetConfig:
+  """`model.preset` (an HRNet or PSPNet) with `model.arch` fields replaced."""
+  preset = models.preset(config.model.preset, num_classes=classes)
+  fields = preset.to_dict() | config.model.arch.to_dict() | {"num_classes": classes}
+  return type(preset).from_dict(fields)
 
 
 def resolved_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The config as run: every field, plus the values derived from them."""
   datasets = train_datasets(config)
+  model = model_config(config, num_classes(config, datasets))
   return {
     **config.to_dict(),
     "derived": {
       "train_datasets": list(datasets),
       "shares": list(dataset_shares(config)),
       "total_steps": total_steps(config),
-      "model": model_config(config, num_classes(config, datasets)).to_dict(),
+      "architecture": models.architecture(model),
+      "model": model.to_dict(),
     },
   }
 
@@ -142,11 +146,27 @@ def poly_schedule(base_lr: float, max_iter: int, power: float) -> optax.Schedule
 def create_optimizer(
   optim: ml_collections.ConfigDict, max_iter: int
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """torch SGD: weight decay added to the gradient before momentum, on all parameters."""
+  """torch SGD: weight decay added to the gradient before momentum, on all parameters.
+
+  `optim.lr_multipliers` (optional) {module: factor} scales the lr of the params whose name
+  starts with "module." (torch param groups: the momentum buffer does not depend on the lr, so
+  scaling the final update is the same).
+  """
   schedule = poly_schedule(optim.base_lr, max_iter, optim.power)
   tx = optax.chain(
     optax.add_decayed_weights(optim.weight_decay), optax.sgd(schedule, momentum=optim.momentum)
   )
+  multipliers = dict(optim.get("lr_multipliers") or {})
+  if multipliers:
+
+    def scale(updates, params=None):
+      del params
+      return {
+        name: optax.tree.scale(multipliers.get(name.split(".")[0], 1.0), leaves)
+        for name, leaves in updates.items()
+      }
+
+    tx = optax.chain(tx, optax.stateless(scale))
   return tx, schedule
 
 
@@ -181,15 +201,29 @@ def multi_dataset_loss(
   return loss, per_dataset, counts
 
 
-def forward_loss(params, batch_stats, batch: Batch, *, model: models.HRNet, luts: np.ndarray):
-  """Train-mode forward and loss. Returns (loss, (new batch_stats, per-dataset loss))."""
+def forward_loss(
+  params, batch_stats, batch: Batch, *, model: models.HRNet, luts: np.ndarray, rng=None
+):
+  """Train-mode forward and loss. Returns (loss, (new batch_stats, per-dataset loss)).
+
+  A PSPNet adds aux_weight x its aux head's loss (per dataset, as the main loss); `rng` draws
+  its dropout masks.
+  """
   images = normalize(batch["image"], model.dtype)
   labels = taxonomy.remap_labels(batch["label"], luts, batch["dataset"])
-  logits, updates = model.apply(
-    {"params": params, "batch_stats": batch_stats}, images, train=True, mutable=["batch_stats"]
+  variables = {"params": params, "batch_stats": batch_stats}
+  if not isinstance(model, models.PSPNet):
+    logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
+    loss, per_dataset, _ = multi_dataset_loss(logits, labels, batch["dataset"], luts.shape[0])
+    return loss, (updates["batch_stats"], per_dataset)
+  rngs = {} if rng is None else {"dropout": rng}
+  (logits, aux), updates = model.apply(
+    variables, images, train=True, return_aux=True, mutable=["batch_stats"], rngs=rngs
   )
-  loss, per_dataset, _ = multi_dataset_loss(logits, labels, batch["dataset"], luts.shape[0])
-  return loss, (updates["batch_stats"], per_dataset)
+  main, main_per_dataset, _ = multi_dataset_loss(logits, labels, batch["dataset"], luts.shape[0])
+  aux, aux_per_dataset, _ = multi_dataset_loss(aux, labels, batch["dataset"], luts.shape[0])
+  weight = model.config.aux_weight
+  return main + weight * aux, (updates["batch_stats"], main_per_dataset + weight * aux_per_dataset)
 
 
 def apply_gradients(state: State, grads, batch_stats, *, tx: optax.GradientTransformation) -> State:
@@ -211,10 +245,15 @@ def train_step(
   luts: np.ndarray,
   tx: optax.GradientTransformation,
   schedule: optax.Schedule,
+  seed: int = 0,
 ) -> tuple[State, dict[str, jax.Array]]:
-  """One SGD step on a global batch. Pure; jit it with the state donated."""
+  """One SGD step on a global batch. Pure; jit it with the state donated.
+
+  Dropout (PSPNet) draws from key(seed) folded with the step.
+  """
+  rng = jax.random.fold_in(jax.random.key(seed), state["step"])
   grad_fn = jax.value_and_grad(
-    functools.partial(forward_loss, model=model, luts=luts), has_aux=True
+    functools.partial(forward_loss, model=model, luts=luts, rng=rng), has_aux=True
   )
   (loss, (batch_stats, per_dataset)), grads = grad_fn(state["params"], state["batch_stats"], batch)
   metrics = {
@@ -429,8 +468,10 @@ def train(
   datasets = tuple(resolved["derived"]["train_datasets"])
   shares = tuple(resolved["derived"]["shares"])
   steps = resolved["derived"]["total_steps"]
-  model_cfg = models.HRNetConfig.from_dict(resolved["derived"]["model"])
-  model = models.HRNet(config=model_cfg, dtype=DTYPES[config.dtype])
+  model_cfg = models.config_from_dict(
+    resolved["derived"]["model"], resolved["derived"]["architecture"]
+  )
+  model = models.build(model_cfg, DTYPES[config.dtype])
   luts = label_luts(config, datasets)
   tx, schedule = create_optimizer(config.optim, steps)
 
@@ -483,7 +524,9 @@ def train(
     note(f"Resumed from {manager.directory} at step {latest}")
 
   step_fn = jax.jit(
-    functools.partial(train_step, model=model, luts=luts, tx=tx, schedule=schedule),
+    functools.partial(
+      train_step, model=model, luts=luts, tx=tx, schedule=schedule, seed=config.seed
+    ),
     donate_argnums=0,
     out_shardings=replicated,
   )
@@ -542,7 +585,7 @@ def train(
     return None
   variables = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
   models.save_checkpoint(workdir / "model", model_cfg, variables)
-  return models.HRNet(config=model_cfg), variables
+  return models.build(model_cfg), variables
 
 
 def evaluate(

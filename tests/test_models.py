@@ -167,7 +167,8 @@ def regenerate_golden_state_dict(prefix: str) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def w48():
-  state_dict = models.checkpoint_state_dict(regenerate_golden_state_dict("hrnet_w48"))  # drops num_batches_tracked
+  # checkpoint_state_dict drops num_batches_tracked
+  state_dict = models.checkpoint_state_dict(regenerate_golden_state_dict("hrnet_w48"))
   config = models.infer_config(state_dict)
   assert config == models.preset("hrnet_w48")
   return models.HRNet(config=config), models.state_dict_to_variables(state_dict, config)
