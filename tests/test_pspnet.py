@@ -216,6 +216,20 @@ def test_checkpoint_records_the_architecture_and_old_hrnet_checkpoints_load(
   assert isinstance(loaded, models.HRNet) and loaded.config == hrnet.config
 
 
+def test_released_wrapping_is_unwrapped_and_backbone_only_is_refused(state_dict):
+  released = {
+    "epoch": 1,
+    "state_dict": {f"module.{k}": v for k, v in state_dict.items()}
+    | {"module.layer0.1.num_batches_tracked": np.array(3, np.int64)},
+    "optimizer": {"state": {}, "param_groups": []},
+  }
+  unwrapped = models.checkpoint_state_dict(released, "psp.pth")
+  assert unwrapped.keys() == state_dict.keys() and len(unwrapped) == 370 - 61
+  config = models.infer_config(unwrapped, num_classes=19)
+  with pytest.raises(models.ConversionError, match="psp.pth: backbone-only .* HRNet"):
+    models.backbone_to_variables(unwrapped, config, path="psp.pth")
+
+
 # --- Training and inference -----------------------------------------------------------------
 
 
@@ -290,3 +304,4 @@ def test_predictor_labels_an_image_and_refuses_a_crop_the_model_cannot_take(pspn
   assert (np.asarray(labels) == np.asarray(expected).argmax(-1)).mean() >= 0.999
   with pytest.raises(ValueError, match="crop - 1 divisible by 8.*crop=64"):
     inference.Predictor(model, variables, crop=64)
+

@@ -239,6 +239,8 @@ def backbone_to_variables(
   The classification head (incre_modules, downsamp_modules, final_layer, classifier) and any
   last_layer keys are ignored; every backbone key is checked as in state_dict_to_variables.
   """
+  if not isinstance(config, HRNetConfig):
+    raise ConversionError(f"{path}: backbone-only loading reads ImageNet HRNet checkpoints only")
   ignored = CLASSIFIER_PREFIXES + (HEAD_PREFIX,)
   backbone = {k: v for k, v in state_dict.items() if not k.startswith(ignored)}
   expected = {k: s for k, s in torch_shapes(config).items() if not k.startswith(HEAD_PREFIX)}
