@@ -106,8 +106,10 @@ def model_config(
 ) -> models.HRNetConfig | models.PSPNetConfig:
   """`model.preset` (an HRNet or PSPNet) with `model.arch` fields replaced."""
   preset = models.preset(config.model.preset, num_classes=classes)
-  fields = preset.to_dict() | config.model.arch.to_dict() | {"num_classes": classes}
-  return type(preset).from_dict(fields)
+  arch = config.model.arch.to_dict()
+  if unknown := sorted(set(arch) - set(preset.to_dict())):
+    raise ValueError(f"config.model.arch: {unknown} are not fields of {type(preset).__name__}")
+  return type(preset).from_dict(preset.to_dict() | arch | {"num_classes": classes})
 
 
 def resolved_config(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -256,6 +256,12 @@ def test_pspnet_config_is_mseg_3m_with_the_official_pspnet_parts():
   assert config["derived"]["model"] == models.preset("pspnet50").to_dict()
   assert config["optim"]["lr_multipliers"] == {"ppm": 10.0, "cls": 10.0, "aux": 10.0}
   assert config["data"]["crop_size"] == 713 and config["batch_size"] == 35
+  overridden = pspnet_config()
+  overridden.model.arch = dict(layers=101)
+  assert train.model_config(overridden, 19) == models.preset("pspnet101", num_classes=19)
+  overridden.model.arch = dict(stage1_planes=8)  # an HRNet field
+  with pytest.raises(ValueError, match=r"\['stage1_planes'\] are not fields of PSPNetConfig"):
+    train.model_config(overridden, 19)
 
 
 def test_one_train_step_adds_the_aux_loss_with_weight_0_4(pspnet50):
@@ -304,4 +310,3 @@ def test_predictor_labels_an_image_and_refuses_a_crop_the_model_cannot_take(pspn
   assert (np.asarray(labels) == np.asarray(expected).argmax(-1)).mean() >= 0.999
   with pytest.raises(ValueError, match="crop - 1 divisible by 8.*crop=64"):
     inference.Predictor(model, variables, crop=64)
-
