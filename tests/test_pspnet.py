@@ -121,6 +121,27 @@ def test_folded_batch_norm_gives_the_golden_logits(pspnet50):
     folded_model.apply(folded, jnp.concatenate([x, x]), train=True)
 
 
+def test_presets_config_checks_and_json_round_trip():
+  config = models.preset("pspnet101", num_classes=19)
+  assert (config.layers, config.bins, config.dropout, config.aux_weight) == (
+    101,
+    (1, 2, 3, 6),
+    0.1,
+    0.4,
+  )
+  assert models.PSPNetConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+  assert models.config_from_dict(config.to_dict(), "pspnet") == config
+  assert isinstance(models.build(config), models.PSPNet)
+  with pytest.raises(ValueError, match="unknown PSPNet preset 'pspnet34'"):
+    models.preset("pspnet34")
+  with pytest.raises(ValueError, match="layers must be one of"):
+    models.PSPNetConfig(layers=34)
+  with pytest.raises(ValueError, match="bins must be positive and their count divide 2048"):
+    models.PSPNetConfig(bins=(1, 2, 3))
+  with pytest.raises(ValueError, match="unknown architecture 'deeplab'"):
+    models.config_from_dict(config.to_dict(), "deeplab")
+
+
 def test_input_must_satisfy_the_official_assert_and_training_a_batch_of_two():
   model = models.PSPNet(models.preset("pspnet50"))
   variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 33, 33, 3)))

@@ -93,7 +93,8 @@ class PSPNet(nn.Module):
   layer3, upsampled the same way); training uses them with weight `config.aux_weight`. Training
   with dropout > 0 needs a "dropout" rng, and a batch of at least 2 (the bin-1 PPM BatchNorm).
   Params are fp32; `dtype` is the compute dtype. Activations are sown into "intermediates"
-  (layer0_out .. layer4_out, ppm_branch{b}_pooled, cls_features, logits_eighth, aux_eighth).
+  (layer0_out .. layer4_out, ppm_branch{b}_pooled, cls_features, logits_eighth, aux_features,
+  aux_eighth).
   """
 
   config: PSPNetConfig
