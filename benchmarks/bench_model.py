@@ -1,6 +1,7 @@
-"""HRNet forward benchmark: inference time per batch, images/s, peak device memory.
+"""HRNet / PSPNet forward benchmark: inference time per batch, images/s, peak device memory.
 
   python benchmarks/bench_model.py --sizes 473 713                 # CPU, fp32, batch 1
+  python benchmarks/bench_model.py --preset pspnet50 --sizes 473 713
   python benchmarks/bench_model.py --dtype bfloat16 --batch 16     # GPU
   python benchmarks/bench_model.py --plain   # no BN folding, default XLA options
 
@@ -22,7 +23,7 @@ from tqdm import tqdm
 from mseg_jax import models
 
 
-def random_variables(config: models.HRNetConfig, seed: int = 0) -> dict:
+def random_variables(config: models.HRNetConfig | models.PSPNetConfig, seed: int = 0) -> dict:
   """He-scaled random weights (numpy: jit-compiling HRNet.init is slow on CPU)."""
   rng = np.random.default_rng(seed)
 
@@ -85,7 +86,7 @@ def main():
   args = parser.parse_args()
 
   config = models.preset(args.preset)
-  model = models.HRNet(config=config, dtype=jnp.dtype(args.dtype))
+  model = models.build(config, jnp.dtype(args.dtype))
   variables = random_variables(config)
   print(
     f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, "

@@ -193,7 +193,10 @@ class Predictor:
   ):
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if isinstance(model, models.HRNet) and not model.bn_folded:
+    if isinstance(model, models.PSPNet) and (crop - 1) % 8:
+      # The official PSPNet asserts (H-1) % 8 == 0; every window is a crop x crop input.
+      raise ValueError(f"PSPNet needs crop - 1 divisible by 8 (473, 593, 713), got crop={crop}")
+    if isinstance(model, (models.HRNet, models.PSPNet)) and not model.bn_folded:
       # Inference only: each BN folded into its conv gives the same logits, faster.
       model, variables = models.fold_batch_norm(model, variables)
     if jnp.dtype(dtype) != jnp.dtype(model.dtype):

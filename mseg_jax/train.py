@@ -6,7 +6,8 @@ The step follows the official multi-GPU recipe (mseg-semantic `train.py`, branch
 cross entropy (ignore 255) averaged over each dataset's valid pixels, then over the datasets;
 BatchNorm over the global batch (under `jax.jit` with the batch sharded on the mesh axis
 "data", XLA reduces BN statistics over all devices: synchronized BN); SGD with momentum and
-weight decay on every parameter; poly learning rate applied per step.
+weight decay on every parameter; poly learning rate applied per step. A PSPNet adds its aux
+loss (weight `aux_weight`) and uses `optim.lr_multipliers` (officially 10x for ppm, cls, aux).
 """
 
 import dataclasses
@@ -101,12 +102,15 @@ def num_classes(config: ml_collections.ConfigDict, datasets: tuple[str, ...]) ->
   return len(taxonomy.class_names(datasets[0]))
 
 
-def model_config(config: ml_collections.ConfigDict, classes: int) -> models.HRNetConfig:
-  """`model.preset` with `model.arch` fields replaced."""
-  base = models.preset(config.model.preset, num_classes=classes).to_dict()
-  base.update(config.model.arch.to_dict())
-  base["num_classes"] = classes
-  return models.HRNetConfig.from_dict(base)
+def model_config(
+  config: ml_collections.ConfigDict, classes: int
+) -> models.HRNetConfig | models.PSPNetConfig:
+  """`model.preset` (an HRNet or PSPNet) with `model.arch` fields replaced."""
+  preset = models.preset(config.model.preset, num_classes=classes)
+  arch = config.model.arch.to_dict()
+  if unknown := sorted(set(arch) - set(preset.to_dict())):
+    raise ValueError(f"config.model.arch: {unknown} are not fields of {type(preset).__name__}")
+  return type(preset).from_dict(preset.to_dict() | arch | {"num_classes": classes})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +121,7 @@ class Plan:
   datasets: tuple[str, ...]  # the training taxonomies, "-relabeled" included
   shares: tuple[int, ...]  # crops per dataset in a global batch
   total_steps: int
-  model: models.HRNetConfig
+  model: models.HRNetConfig | models.PSPNetConfig
   luts: np.ndarray = dataclasses.field(compare=False)  # (len(datasets), 256) to the model's ids
 
   def to_json(self) -> dict[str, Any]:
@@ -128,6 +132,7 @@ class Plan:
         "train_datasets": list(self.datasets),
         "shares": list(self.shares),
         "total_steps": self.total_steps,
+        "architecture": models.architecture(self.model),
         "model": self.model.to_dict(),
       },
     }
@@ -184,11 +189,27 @@ def poly_schedule(base_lr: float, max_iter: int, power: float) -> optax.Schedule
 def create_optimizer(
   optim: ml_collections.ConfigDict, max_iter: int
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """torch SGD: weight decay added to the gradient before momentum, on all parameters."""
+  """torch SGD: weight decay added to the gradient before momentum, on all parameters.
+
+  `optim.lr_multipliers` (optional) {module: factor} scales the lr of the params whose name
+  starts with "module." (torch param groups: the momentum buffer does not depend on the lr, so
+  scaling the final update is the same).
+  """
   schedule = poly_schedule(optim.base_lr, max_iter, optim.power)
   tx = optax.chain(
     optax.add_decayed_weights(optim.weight_decay), optax.sgd(schedule, momentum=optim.momentum)
   )
+  multipliers = dict(optim.get("lr_multipliers") or {})
+  if multipliers:
+
+    def scale(updates, params=None):
+      del params
+      return {
+        name: optax.tree.scale(multipliers.get(name.split(".")[0], 1.0), leaves)
+        for name, leaves in updates.items()
+      }
+
+    tx = optax.chain(tx, optax.stateless(scale))
   return tx, schedule
 
 
@@ -223,15 +244,29 @@ def multi_dataset_loss(
   return loss, per_dataset, counts
 
 
-def forward_loss(params, batch_stats, batch: Batch, *, model: models.HRNet, luts: np.ndarray):
-  """Train-mode forward and loss. Returns (loss, (new batch_stats, per-dataset loss))."""
+def forward_loss(
+  params, batch_stats, batch: Batch, *, model: models.HRNet, luts: np.ndarray, rng=None
+):
+  """Train-mode forward and loss. Returns (loss, (new batch_stats, per-dataset loss)).
+
+  A PSPNet adds aux_weight x its aux head's loss (per dataset, as the main loss); `rng` draws
+  its dropout masks.
+  """
   images = normalize(batch["image"], model.dtype)
   labels = taxonomy.remap_labels(batch["label"], luts, batch["dataset"])
-  logits, updates = model.apply(
-    {"params": params, "batch_stats": batch_stats}, images, train=True, mutable=["batch_stats"]
+  variables = {"params": params, "batch_stats": batch_stats}
+  if not isinstance(model, models.PSPNet):
+    logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
+    loss, per_dataset, _ = multi_dataset_loss(logits, labels, batch["dataset"], luts.shape[0])
+    return loss, (updates["batch_stats"], per_dataset)
+  rngs = {} if rng is None else {"dropout": rng}
+  (logits, aux), updates = model.apply(
+    variables, images, train=True, return_aux=True, mutable=["batch_stats"], rngs=rngs
   )
-  loss, per_dataset, _ = multi_dataset_loss(logits, labels, batch["dataset"], luts.shape[0])
-  return loss, (updates["batch_stats"], per_dataset)
+  main, main_per_dataset, _ = multi_dataset_loss(logits, labels, batch["dataset"], luts.shape[0])
+  aux, aux_per_dataset, _ = multi_dataset_loss(aux, labels, batch["dataset"], luts.shape[0])
+  weight = model.config.aux_weight
+  return main + weight * aux, (updates["batch_stats"], main_per_dataset + weight * aux_per_dataset)
 
 
 def apply_gradients(state: State, grads, batch_stats, *, tx: optax.GradientTransformation) -> State:
@@ -253,10 +288,15 @@ def train_step(
   luts: np.ndarray,
   tx: optax.GradientTransformation,
   schedule: optax.Schedule,
+  seed: int = 0,
 ) -> tuple[State, dict[str, jax.Array]]:
-  """One SGD step on a global batch. Pure; jit it with the state donated."""
+  """One SGD step on a global batch. Pure; jit it with the state donated.
+
+  Dropout (PSPNet) draws from key(seed) folded with the step.
+  """
+  rng = jax.random.fold_in(jax.random.key(seed), state["step"])
   grad_fn = jax.value_and_grad(
-    functools.partial(forward_loss, model=model, luts=luts), has_aux=True
+    functools.partial(forward_loss, model=model, luts=luts, rng=rng), has_aux=True
   )
   (loss, (batch_stats, per_dataset)), grads = grad_fn(state["params"], state["batch_stats"], batch)
   metrics = {
@@ -428,7 +468,7 @@ def train(plan: Plan, workdir: str | Path) -> tuple[models.HRNet, dict] | None:
   workdir.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
     (workdir / "config.json").write_text(json.dumps(plan.to_json(), indent=2) + "\n")
-  model = models.HRNet(config=plan.model, dtype=DTYPES[config.dtype])
+  model = models.build(plan.model, DTYPES[config.dtype])
   tx, schedule = create_optimizer(config.optim, plan.total_steps)
 
   mesh = make_mesh()
@@ -476,7 +516,9 @@ def train(plan: Plan, workdir: str | Path) -> tuple[models.HRNet, dict] | None:
     note(f"Resumed from {manager.directory} at step {latest}")
 
   step_fn = jax.jit(
-    functools.partial(train_step, model=model, luts=plan.luts, tx=tx, schedule=schedule),
+    functools.partial(
+      train_step, model=model, luts=plan.luts, tx=tx, schedule=schedule, seed=config.seed
+    ),
     donate_argnums=0,
     out_shardings=replicated,
   )
@@ -540,7 +582,7 @@ def train(plan: Plan, workdir: str | Path) -> tuple[models.HRNet, dict] | None:
     return None
   variables = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
   models.save_checkpoint(workdir / "model", plan.model, variables)
-  return models.HRNet(config=plan.model), variables
+  return models.build(plan.model), variables
 
 
 def evaluate(

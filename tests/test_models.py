@@ -132,9 +132,10 @@ def test_cpu_forward_computes_each_sum_once(train):
 # --- W48 golden: weights regenerated with numpy from the manifest --------------------------
 
 
-def regenerate_w48_state_dict() -> dict[str, np.ndarray]:
-  """The golden W48 state_dict: parameters from the README's RandomState(0) spec + BN stats."""
-  with open(shared_path("golden", "hrnet_w48_manifest.tsv")) as f:
+def regenerate_golden_state_dict(prefix: str) -> dict[str, np.ndarray]:
+  """A golden state_dict ("hrnet_w48", "pspnet50"): parameters from the README's RandomState(0)
+  spec, BN stats from `{prefix}_bnstats.npz`; checked against `{prefix}_param_checksums.tsv`."""
+  with open(shared_path("golden", f"{prefix}_manifest.tsv")) as f:
     rows = list(csv.DictReader(f, delimiter="\t"))
   rs = np.random.RandomState(0)
   state_dict = {}
@@ -154,20 +155,20 @@ def regenerate_w48_state_dict() -> dict[str, np.ndarray]:
     else:
       w = rs.uniform(-0.25, 0.25, shape)
     state_dict[row["key"]] = w.astype(np.float32)
-  stats = np.load(shared_path("golden", "hrnet_w48_bnstats.npz"))
+  stats = np.load(shared_path("golden", f"{prefix}_bnstats.npz"))
   state_dict.update({k: stats[k] for k in stats.files})
+  with open(shared_path("golden", f"{prefix}_param_checksums.tsv")) as f:
+    for row in csv.DictReader(f, delimiter="\t"):
+      w = state_dict[row["key"]].astype(np.float64)
+      assert w.flat[0] == float(row["first"]) and w.flat[-1] == float(row["last"]), row["key"]
+      np.testing.assert_allclose(np.abs(w).sum(), float(row["sum_abs"]), rtol=1e-9)
   return state_dict
 
 
 @pytest.fixture(scope="module")
 def w48():
-  state_dict = regenerate_w48_state_dict()
-  with open(shared_path("golden", "hrnet_w48_param_checksums.tsv")) as f:
-    for row in csv.DictReader(f, delimiter="\t"):
-      w = state_dict[row["key"]].astype(np.float64)
-      assert w.flat[0] == float(row["first"]) and w.flat[-1] == float(row["last"]), row["key"]
-      np.testing.assert_allclose(np.abs(w).sum(), float(row["sum_abs"]), rtol=1e-9)
-  state_dict = models.checkpoint_state_dict(state_dict)  # drops num_batches_tracked
+  # checkpoint_state_dict drops num_batches_tracked
+  state_dict = models.checkpoint_state_dict(regenerate_golden_state_dict("hrnet_w48"))
   config = models.infer_config(state_dict)
   assert config == models.preset("hrnet_w48")
   return models.HRNet(config=config), models.state_dict_to_variables(state_dict, config)

@@ -1,4 +1,4 @@
-"""Converts an official MSeg HRNet PyTorch checkpoint (.pth) to the mseg_jax model format.
+"""Converts an official MSeg HRNet or PSPNet PyTorch checkpoint (.pth) to the mseg_jax format.
 
   python tools/convert_torch_weights.py --input mseg-3m.pth --output DIR
   python tools/convert_torch_weights.py --input mseg-3m.pth --output DIR \
@@ -7,8 +7,9 @@
       --input hrnetv2_w48_imagenet_pretrained.pth --output DIR  # ImageNet init for training
 
 The .pth is read without torch (zip and legacy formats; only state_dict globals are allowed).
-The architecture and class count are inferred from the state_dict, and every key and shape is
-checked both ways. Load the result with `mseg_jax.models.load_checkpoint(DIR)`.
+The architecture (HRNet, or PSPNet from its `layer0.*` deep stem), its size and the class count
+are inferred from the state_dict, and every key and shape is checked both ways. Load the result
+with `mseg_jax.models.load_checkpoint(DIR)`. --backbone-only reads ImageNet HRNet checkpoints.
 """
 
 import argparse
@@ -24,7 +25,7 @@ from mseg_jax import models, torch_checkpoint
 
 def convert(
   input_path: Path, output: Path, backbone_only: bool = False, num_classes: int = 194, seed: int = 0
-) -> models.HRNetConfig:
+) -> models.HRNetConfig | models.PSPNetConfig:
   """Reads `input_path`, checks it against the inferred architecture, writes `output`."""
   state_dict = models.checkpoint_state_dict(torch_checkpoint.load(input_path), str(input_path))
   if backbone_only:

@@ -1,5 +1,7 @@
-"""HRNetV2 segmentation model, resizing, the checkpoint format and PyTorch weight conversion."""
+"""HRNetV2 and PSPNet segmentation models, resizing, the checkpoint format and PyTorch weight
+conversion."""
 
+from mseg_jax.models.build import architecture, build, config_from_dict, preset
 from mseg_jax.models.checkpoint import load_checkpoint, save_checkpoint
 from mseg_jax.models.convert import (
   ConversionError,
@@ -15,9 +17,9 @@ from mseg_jax.models.hrnet import (
   HRNetConfig,
   compiler_options,
   fold_batch_norm,
-  preset,
 )
 from mseg_jax.models.pretrained import PRETRAINED_KINDS, load_pretrained, merge_pretrained
+from mseg_jax.models.pspnet import PSPNet, PSPNetConfig
 from mseg_jax.models.resize import resize_bilinear
 
 __all__ = [
@@ -26,9 +28,14 @@ __all__ = [
   "HRNet",
   "HRNetConfig",
   "PRETRAINED_KINDS",
+  "PSPNet",
+  "PSPNetConfig",
+  "architecture",
   "backbone_to_variables",
+  "build",
   "checkpoint_state_dict",
   "compiler_options",
+  "config_from_dict",
   "fold_batch_norm",
   "infer_config",
   "load_checkpoint",

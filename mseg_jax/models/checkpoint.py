@@ -1,6 +1,7 @@
 """The model format: an Orbax checkpoint directory with the config (JSON), params, batch_stats.
 
-Layout: DIR/config.json ({"config": HRNetConfig.to_dict()}) and DIR/variables (Orbax
+Layout: DIR/config.json ({"architecture": "hrnet" | "pspnet", "config": config.to_dict()}; no
+architecture means hrnet, as in the first checkpoints) and DIR/variables (Orbax
 StandardCheckpointer, {"params", "batch_stats"} as fp32 arrays).
 """
 
@@ -13,14 +14,14 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mseg_jax.models.build import Config, Model, architecture, build, config_from_dict
 from mseg_jax.models.convert import abstract_variables
-from mseg_jax.models.hrnet import HRNet, HRNetConfig
 
 CONFIG_FILE = "config.json"
 VARIABLES_DIR = "variables"
 
 
-def save_checkpoint(directory: str | Path, config: HRNetConfig, variables: dict[str, Any]) -> None:
+def save_checkpoint(directory: str | Path, config: Config, variables: dict[str, Any]) -> None:
   """Writes config + params + batch_stats (fp32) to `directory`, replacing a previous model."""
   directory = Path(directory).absolute()
   directory.mkdir(parents=True, exist_ok=True)
@@ -28,7 +29,8 @@ def save_checkpoint(directory: str | Path, config: HRNetConfig, variables: dict[
     c: jax.tree.map(lambda x: np.asarray(x, np.float32), jax.device_get(variables[c]))
     for c in ("params", "batch_stats")
   }
-  (directory / CONFIG_FILE).write_text(json.dumps({"config": config.to_dict()}, indent=2) + "\n")
+  meta = {"architecture": architecture(config), "config": config.to_dict()}
+  (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(directory / VARIABLES_DIR, state, force=True)
     checkpointer.wait_until_finished()
@@ -36,8 +38,8 @@ def save_checkpoint(directory: str | Path, config: HRNetConfig, variables: dict[
 
 def load_checkpoint(
   directory: str | Path, dtype: Any = jnp.float32
-) -> tuple[HRNet, dict[str, Any]]:
-  """(HRNet(config, dtype), {"params", "batch_stats"}) from a directory save_checkpoint wrote."""
+) -> tuple[Model, dict[str, Any]]:
+  """(HRNet or PSPNet (config, dtype), {"params", "batch_stats"}) from a save_checkpoint dir."""
   directory = Path(directory).absolute()
   config_file = directory / CONFIG_FILE
   if not config_file.is_file():
@@ -46,7 +48,8 @@ def load_checkpoint(
       "tools/convert_torch_weights.py or models.save_checkpoint)"
     )
   try:
-    config = HRNetConfig.from_dict(json.loads(config_file.read_text())["config"])
+    meta = json.loads(config_file.read_text())
+    config = config_from_dict(meta["config"], meta.get("architecture", "hrnet"))
   except (KeyError, TypeError, ValueError) as e:
     raise ValueError(f"{config_file}: invalid model config: {e!r}") from e
   target = abstract_variables(config)
@@ -57,4 +60,4 @@ def load_checkpoint(
       raise ValueError(
         f"{directory / VARIABLES_DIR}: cannot restore the variables of {config}: {e}"
       ) from e
-  return HRNet(config=config, dtype=dtype), variables
+  return build(config, dtype), variables

@@ -1,4 +1,4 @@
-"""PyTorch HRNet state_dict <-> Flax variables, with architecture inference and strict checks.
+"""PyTorch HRNet/PSPNet state_dict <-> Flax variables, architecture inference, strict checks.
 
 Flax modules are named by their PyTorch module path, so `conv.weight` (OIHW) <-> params[conv]
 ["kernel"] (HWIO), `conv.bias` <-> params[conv]["bias"], and a BatchNorm's weight, bias,
@@ -16,7 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mseg_jax.models.hrnet import HRNet, HRNetConfig
+from mseg_jax.models import pspnet
+from mseg_jax.models.build import Config, build
+from mseg_jax.models.hrnet import HRNetConfig
 
 HEAD_PREFIX = "last_layer."
 # The ImageNet classification HRNet's head (cls_hrnet.py), ignored by --backbone-only.
@@ -24,7 +26,7 @@ CLASSIFIER_PREFIXES = ("incre_modules.", "downsamp_modules.", "final_layer.", "c
 
 
 class ConversionError(ValueError):
-  """A checkpoint does not match the HRNet architecture."""
+  """A checkpoint does not match the HRNet or PSPNet architecture."""
 
 
 def checkpoint_state_dict(checkpoint: Any, path: str = "checkpoint") -> dict[str, np.ndarray]:
@@ -55,10 +57,38 @@ def _num_indices(state_dict: dict[str, Any], pattern: str) -> int:
   return max(found) + 1 if found else 0
 
 
+def _infer_pspnet_config(
+  state_dict: dict[str, np.ndarray], num_classes: int | None, path: str
+) -> pspnet.PSPNetConfig:
+  """PSPNetConfig: layers from layer3's block count, the bin count from the PPM keys."""
+  blocks = tuple(_num_indices(state_dict, rf"layer{k}\.(\d+)\.conv1\.weight") for k in (1, 2, 3, 4))
+  layers = [n for n, b in pspnet.RESNET_BLOCKS.items() if b == blocks]
+  if not layers:
+    raise ConversionError(
+      f"{path}: cannot infer the PSPNet depth, layer1..layer4 have {blocks} blocks "
+      f"(known: {pspnet.RESNET_BLOCKS})"
+    )
+  num_bins = _num_indices(state_dict, r"ppm\.features\.(\d+)\.")
+  default = pspnet.PSPNetConfig()
+  if num_bins != len(default.bins):
+    raise ConversionError(
+      f"{path}: {num_bins} PPM branches; the bin sizes are not in a state_dict, only the "
+      f"official {default.bins} are known"
+    )
+  if num_classes is None:
+    if "cls.4.weight" not in state_dict:
+      raise ConversionError(f"{path}: cannot infer the class count, cls.4.weight is missing")
+    num_classes = state_dict["cls.4.weight"].shape[0]
+  return pspnet.PSPNetConfig(num_classes=int(num_classes), layers=layers[0])
+
+
 def infer_config(
   state_dict: dict[str, np.ndarray], num_classes: int | None = None, path: str = "state_dict"
-) -> HRNetConfig:
-  """HRNetConfig from key names and shapes; num_classes from `last_layer.3.weight` unless given."""
+) -> Config:
+  """HRNetConfig or PSPNetConfig (a `layer0.*` deep stem) from key names and shapes; num_classes
+  from `last_layer.3.weight` / `cls.4.weight` unless given."""
+  if any(k.startswith("layer0.") for k in state_dict):
+    return _infer_pspnet_config(state_dict, num_classes, path)
 
   def shape(key):
     if key not in state_dict:
@@ -97,14 +127,14 @@ def infer_config(
 
 
 @functools.lru_cache(maxsize=8)
-def abstract_variables(config: HRNetConfig) -> dict[str, Any]:
-  """{"params", "batch_stats"} of HRNet(config) as ShapeDtypeStructs (nothing is computed)."""
-  model = HRNet(config)
-  x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+def abstract_variables(config: Config) -> dict[str, Any]:
+  """{"params", "batch_stats"} of the model of `config` as ShapeDtypeStructs (nothing computed)."""
+  model = build(config)
+  x = jax.ShapeDtypeStruct((1, 65, 65, 3), jnp.float32)
   return jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
 
 
-def torch_shapes(config: HRNetConfig) -> dict[str, tuple[int, ...]]:
+def torch_shapes(config: Config) -> dict[str, tuple[int, ...]]:
   """The official state_dict's keys (no `module.`, no num_batches_tracked) and shapes."""
   variables = abstract_variables(config)
   shapes = {}
@@ -123,7 +153,7 @@ def torch_shapes(config: HRNetConfig) -> dict[str, tuple[int, ...]]:
 def _check(
   state_dict: dict[str, np.ndarray],
   expected: dict[str, tuple[int, ...]],
-  config: HRNetConfig,
+  config: Config,
   path: str,
 ) -> None:
   missing = [k for k in expected if k not in state_dict]
@@ -152,7 +182,7 @@ def _check(
     raise ConversionError(f"{path}: state_dict does not match {config}:\n{details}")
 
 
-def _to_variables(state_dict: dict[str, np.ndarray], config: HRNetConfig) -> dict[str, Any]:
+def _to_variables(state_dict: dict[str, np.ndarray], config: Config) -> dict[str, Any]:
   params, batch_stats = {}, {}
   for name, leaves in abstract_variables(config)["params"].items():
     if f"{name}.weight" not in state_dict:
@@ -169,7 +199,7 @@ def _to_variables(state_dict: dict[str, np.ndarray], config: HRNetConfig) -> dic
 
 
 def state_dict_to_variables(
-  state_dict: dict[str, np.ndarray], config: HRNetConfig, path: str = "state_dict"
+  state_dict: dict[str, np.ndarray], config: Config, path: str = "state_dict"
 ) -> dict[str, Any]:
   """Flax variables (numpy fp32) from a full segmentation state_dict, checked key by key."""
   _check(state_dict, torch_shapes(config), config, path)
@@ -209,6 +239,8 @@ def backbone_to_variables(
   The classification head (incre_modules, downsamp_modules, final_layer, classifier) and any
   last_layer keys are ignored; every backbone key is checked as in state_dict_to_variables.
   """
+  if not isinstance(config, HRNetConfig):
+    raise ConversionError(f"{path}: backbone-only loading reads ImageNet HRNet checkpoints only")
   ignored = CLASSIFIER_PREFIXES + (HEAD_PREFIX,)
   backbone = {k: v for k, v in state_dict.items() if not k.startswith(ignored)}
   expected = {k: s for k, s in torch_shapes(config).items() if not k.startswith(HEAD_PREFIX)}
@@ -219,7 +251,7 @@ def backbone_to_variables(
 
 
 def variables_to_state_dict(variables: dict[str, Any]) -> OrderedDict:
-  """The official state_dict (torch layout, numpy fp32, no `module.`) of HRNet variables."""
+  """The official state_dict (torch layout, numpy fp32, no `module.`) of HRNet/PSPNet variables."""
   out = OrderedDict()
   batch_stats = variables.get("batch_stats", {})
   for name, leaves in variables["params"].items():

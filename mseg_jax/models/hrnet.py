@@ -331,15 +331,19 @@ class HRNet(nn.Module):
 
 
 def _conv_of(bn: str) -> str:
-  """The conv a BatchNorm follows: "x.1" <- "x.0", "x.bnK" <- "x.convK"."""
-  if bn.endswith(".1"):
-    return bn[:-1] + "0"
+  """The conv a BatchNorm follows: "x.K" <- "x.K-1" (Sequential), "x.bnK" <- "x.convK"."""
   prefix, _, last = bn.rpartition(".")
+  if last.isdigit():
+    return f"{prefix}.{int(last) - 1}"
   return f"{prefix}.conv{last[2:]}" if prefix else f"conv{last[2:]}"
 
 
-def fold_batch_norm(model: HRNet, variables: dict[str, Any]) -> tuple[HRNet, dict[str, Any]]:
+def fold_batch_norm(
+  model: nn.Module, variables: dict[str, Any]
+) -> tuple[nn.Module, dict[str, Any]]:
   """An inference-only (model, variables) with every eval-mode BN folded into its conv.
+
+  For HRNet and PSPNet (any model with a `bn_folded` field whose BNs follow their conv).
 
   kernel' = kernel * s and bias' = (bias - running_mean) * s + beta with
   s = gamma / sqrt(running_var + eps), computed in float64; same logits up to rounding, and

@@ -1,0 +1,26 @@
+"""MSeg-3m with PSPNet-50: `--config=configs/pspnet.py:1080p` (or 480p, 720p).
+
+mseg-semantic has no PSPNet training yaml (every one has `arch: hrnet`), so this is the mseg-3m
+recipe of configs/mseg_3m.py (datasets, crops, batch, steps, SGD, poly lr) with the PSPNet parts
+of the official code: `PSPNet(layers=50, zoom_factor=8)`, the aux loss with `aux_weight` 0.4
+(the yamls' value) and `get_optimizer`'s 10x lr for ppm, cls and aux. The official PSPNet starts
+from an ImageNet ResNet-50 (deep stem) that the converter does not read, so init is random
+unless `--config.init.kind=finetune --config.init.checkpoint=DIR` (a converted PSPNet).
+"""
+
+import importlib.util
+from pathlib import Path
+
+import ml_collections
+
+_spec = importlib.util.spec_from_file_location("mseg_3m", Path(__file__).with_name("mseg_3m.py"))
+mseg_3m = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(mseg_3m)
+
+
+def get_config(arg: str = "1080p") -> ml_collections.ConfigDict:
+  config = mseg_3m.get_config(arg)
+  config.model.preset = "pspnet50"  # arch: PSPNetConfig fields to replace (layers, aux_weight)
+  config.optim.lr_multipliers = dict(ppm=10.0, cls=10.0, aux=10.0)
+  config.init.kind = "none"
+  return config
