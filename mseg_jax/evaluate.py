@@ -1,7 +1,7 @@
 """Evaluates a model on dataset val splits with the official MSeg test-time procedure.
 
   python -m mseg_jax.evaluate --checkpoint DIR --dataset camvid-11,kitti-19 --data-root ROOT \
-      [--base-size 360 720 1080] [--scales ss|ms] [--regime zero_shot|oracle|training] \
+      [--base-size 360 720 1080] [--scales ss|ms] [--regime zero_shot|oracle|training|naive] \
       [--relabeled] [--lists-dir mseg-api/mseg/dataset_lists]
 
 Regimes: see mseg_jax/regimes.py. `--relabeled` (training regime, for a model trained on
@@ -274,6 +274,7 @@ class Evaluator:
       scales=spec.scales,
       crop=spec.crop,
       projection=self.regime.projection,
+      predictable=self.regime.predictable,
       batch_size=batch_size,
       dtype=jnp.dtype(spec.dtype),
     )
