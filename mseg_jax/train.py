@@ -37,7 +37,7 @@ from tensorboardX import SummaryWriter
 
 from mseg_jax import evaluate as evaluate_lib
 from mseg_jax import metrics as metrics_lib
-from mseg_jax import models, taxonomy
+from mseg_jax import models, taxonomy, upsampled_loss
 from mseg_jax.input_pipeline import batching, synthetic
 from mseg_jax.normalization import normalize
 
@@ -252,7 +252,23 @@ def multi_dataset_loss(
   target = jnp.where(valid, labels, 0).astype(jnp.int32)
   picked = jnp.take_along_axis(logits, target[..., None], axis=-1)[..., 0]
   pixel_loss = jnp.where(valid, jax.nn.logsumexp(logits, axis=-1) - picked, 0.0)
-  sums = jax.ops.segment_sum(pixel_loss.sum(axis=(1, 2)), dataset, num_datasets)
+  return _dataset_means(pixel_loss.sum(axis=(1, 2)), valid, dataset, num_datasets)
+
+
+def multi_dataset_loss_quarter(
+  quarter: jax.Array, labels: jax.Array, dataset: jax.Array, num_datasets: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """`multi_dataset_loss` of HRNet's quarter-resolution logits upsampled to the labels' size
+  (align_corners=True, as the model's head), without the full-size logits in memory."""
+  valid = labels != taxonomy.IGNORE
+  target = jnp.where(valid, labels, 0).astype(jnp.int32)
+  sums = upsampled_loss.pixel_loss_sums(quarter.astype(jnp.float32), target, valid)
+  return _dataset_means(sums, valid, dataset, num_datasets)
+
+
+def _dataset_means(image_sums, valid, dataset, num_datasets):
+  """(loss, per-dataset loss, per-dataset valid count) from per-image loss sums."""
+  sums = jax.ops.segment_sum(image_sums, dataset, num_datasets)
   counts = jax.ops.segment_sum(valid.sum(axis=(1, 2), dtype=jnp.float32), dataset, num_datasets)
   present = counts > 0
   per_dataset = jnp.where(present, sums / jnp.maximum(counts, 1.0), 0.0)
@@ -272,8 +288,12 @@ def forward_loss(
   labels = taxonomy.remap_labels(batch["label"], luts, batch["dataset"])
   variables = {"params": params, "batch_stats": batch_stats}
   if not isinstance(model, models.PSPNet):
-    logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
-    loss, per_dataset, _ = multi_dataset_loss(logits, labels, batch["dataset"], luts.shape[0])
+    quarter, updates = model.apply(
+      variables, images, train=True, return_quarter=True, mutable=["batch_stats"]
+    )
+    loss, per_dataset, _ = multi_dataset_loss_quarter(
+      quarter, labels, batch["dataset"], luts.shape[0]
+    )
     return loss, (updates["batch_stats"], per_dataset)
   rngs = {} if rng is None else {"dropout": rng}
   (logits, aux), updates = model.apply(
