@@ -557,6 +557,7 @@ def train(plan: Plan, workdir: str | Path) -> tuple[models.HRNet, dict] | None:
     ),
     donate_argnums=0,
     out_shardings=replicated,
+    compiler_options=models.compiler_options(),
   )
   log = _MetricsLog(workdir, config.batch_size)
 
