@@ -317,7 +317,7 @@ class Progress:
       (self.save_dir / "results.json").write_text(json.dumps(result, indent=1) + "\n")
       for path in self._partial_files().values():
         path.unlink(missing_ok=True)
-    _barrier(f"evaluation finished in {self.save_dir}")
+    _barrier("evaluation results written")
     for path in self._partial_files().values():  # a process's own file on an unshared disk
       path.unlink(missing_ok=True)
 
@@ -536,12 +536,11 @@ class Evaluator:
     if jax.process_index() == 0:
       masks = np.concatenate([masks] + [d[None] for d, _ in absent])
       confusion = confusion + sum(c for _, c in absent)
-    if jax.process_index() == 0 and not np.all(masks.sum(axis=0) == 1):
-      counts = masks.sum(axis=0)
+    wrong = np.flatnonzero(masks.sum(axis=0) != 1) if jax.process_index() == 0 else ()
+    if not _all_processes(len(wrong) == 0):
       raise RuntimeError(
-        f"{self.spec.dataset}: images {np.flatnonzero(counts != 1)[:10].tolist()} were "
-        f"counted {sorted(set(counts[counts != 1].tolist()))} times (partial files of "
-        f"another host in {progress.save_dir}?)"
+        f"{self.spec.dataset}: images {list(wrong[:10])} (as the primary process counts) were "
+        f"not counted once; partial files in {progress.save_dir} on another host's disk?"
       )
     result = make_result(self.key, names, self.regime.excluded, confusion)
     progress.finish(result, confusion)
