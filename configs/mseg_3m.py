@@ -24,11 +24,13 @@ def get_config(arg: str = "1080p") -> ml_collections.ConfigDict:
   config.data = dict(
     datasets=taxonomy.UNRELABELED_TRAIN_DATASETS,
     relabeled=True,  # train on the "-relabeled" masks (False: mseg-unrelabeled)
-    universal=True,  # labels mapped to the 194-class universal taxonomy
+    # labels mapped to the 194-class "universal" taxonomy, the 316-output "naive" merge, or
+    # ("dataset") kept in the one dataset's own taxonomy
+    taxonomy="universal",
     data_root=placeholder(str),
     roots={},  # {dataset: root} overrides of catalog.DEFAULT_ROOTS
-    # mseg-api's mseg/dataset_lists: per-taxonomy lists (<lists_dir>/<name>/list/train.txt);
-    # None reads <dataset root>/list/train.txt
+    # per-taxonomy lists <lists_dir>/<name>/list/train.txt, as in mseg-api's mseg/dataset_lists;
+    # None reads <data_root>/dataset_lists, where `python -m mseg_jax.prepare lists` writes them
     lists_dir=placeholder(str),
     synthetic=False,
     crop_size=crop,

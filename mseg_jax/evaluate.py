@@ -1,7 +1,7 @@
 """Evaluates a model on dataset val splits with the official MSeg test-time procedure.
 
   python -m mseg_jax.evaluate --checkpoint DIR --dataset camvid-11,kitti-19 --data-root ROOT \
-      [--base-size 360 720 1080] [--scales ss|ms] [--regime zero_shot|oracle|training] \
+      [--base-size 360 720 1080] [--scales ss|ms] [--regime zero_shot|oracle|training|naive] \
       [--relabeled] [--lists-dir mseg-api/mseg/dataset_lists] [--index-start I --index-step N]
   python -m mseg_jax.evaluate --merge --out-dir OUT
 
@@ -9,8 +9,9 @@ Regimes: see mseg_jax/regimes.py. `--relabeled` (training regime, for a model tr
 relabeled data; --dataset names the unrelabeled dataset) also reads the labels of the same lines
 of `<dataset>-relabeled`'s list and scores with the official reward/penalty rule
 (`metrics.relabeled_reward_penalty`).
-List files are `<dataset root>/list/val.txt`, or `<lists dir>/<dataset>/list/val.txt` with
---lists-dir (mseg-api's per-taxonomy lists read in place).
+List files are `<lists dir>/<dataset>/list/val.txt`, where --lists-dir defaults to
+`<data root>/dataset_lists` (written by `python -m mseg_jax.prepare lists`); point it at
+mseg-api's `mseg/dataset_lists` to read those in place.
 
 The images are spread over every device of every process (image i on device i % n; start each
 process with --coordinator-address/--num-processes/--process-id, or --distributed where the
@@ -394,6 +395,7 @@ class Evaluator:
             scales=spec.scales,
             crop=spec.crop,
             projection=self.regime.projection,
+            predictable=self.regime.predictable,
             batch_size=batch_size,
             dtype=jnp.dtype(spec.dtype),
             device=device,
@@ -635,8 +637,8 @@ def main(argv: list[str] | None = None) -> None:
   )
   parser.add_argument(
     "--lists-dir",
-    help="read <lists dir>/<dataset>/list/val.txt (mseg-api's "
-    "mseg/dataset_lists) instead of <dataset root>/list/val.txt",
+    help="read <lists dir>/<dataset>/list/val.txt (default: <data root>/dataset_lists; "
+    "or mseg-api's mseg/dataset_lists)",
   )
   parser.add_argument("--out-dir", help="default: <checkpoint>/eval")
   parser.add_argument(

@@ -44,6 +44,7 @@ State = dict[str, Any]  # {"step", "params", "batch_stats", "opt_state"}
 Batch = dict[str, jax.Array]  # {"image": uint8 NHWC, "label": uint8 NHW, "dataset": int32 N}
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+TAXONOMIES = ("universal", "naive", "dataset")  # config.data.taxonomy
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,20 +85,35 @@ def total_steps(config: ml_collections.ConfigDict) -> int:
 
 
 def label_luts(config: ml_collections.ConfigDict, datasets: tuple[str, ...]) -> np.ndarray:
-  """(n, 256) uint8 lookup tables to the training taxonomy: universal, or the identity."""
-  if config.data.universal:
+  """(n, 256) lookup tables to the training taxonomy (`data.taxonomy`): universal (uint8),
+  naive (uint16: naive ids reach 315), or the identity (one dataset's own taxonomy)."""
+  kind = config.data.taxonomy
+  if kind == "universal":
     return taxonomy.stacked_luts(datasets)
-  if len(datasets) != 1:
-    raise ValueError(
-      f"config.data.universal=False trains in one dataset's own taxonomy, "
-      f"got {len(datasets)} datasets {datasets}"
-    )
-  return np.arange(256, dtype=np.uint8)[None]
+  if kind == "naive":
+    unknown = [d for d in datasets if d not in taxonomy.UNRELABELED_TRAIN_DATASETS]
+    if unknown:
+      raise ValueError(
+        f"config.data.taxonomy='naive' merges the unrelabeled training datasets "
+        f"{taxonomy.UNRELABELED_TRAIN_DATASETS}, not {unknown} (config.data.relabeled=False)"
+      )
+    return np.stack([taxonomy.naive_lut(d) for d in datasets])
+  if kind == "dataset":
+    if len(datasets) != 1:
+      raise ValueError(
+        f"config.data.taxonomy='dataset' trains in one dataset's own taxonomy, "
+        f"got {len(datasets)} datasets {datasets}"
+      )
+    return np.arange(256, dtype=np.uint8)[None]
+  raise ValueError(f"config.data.taxonomy={kind!r}: use one of {', '.join(TAXONOMIES)}")
 
 
 def num_classes(config: ml_collections.ConfigDict, datasets: tuple[str, ...]) -> int:
-  if config.data.universal:
+  """The model's outputs in the training taxonomy."""
+  if config.data.taxonomy == "universal":
     return taxonomy.NUM_UNIVERSAL
+  if config.data.taxonomy == "naive":
+    return taxonomy.NAIVE_NUM_LOGITS
   return len(taxonomy.class_names(datasets[0]))
 
 
