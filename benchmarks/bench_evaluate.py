@@ -69,9 +69,9 @@ def main() -> None:
         f"{n} device(s): {rates[n]:.2f} images/s ({seconds:.1f} s; warm-up {warmup:.1f} s), "
         f"mIoU {100 * result['miou']:.4f}"
       )
-    first = next(iter(rates))
-    for n, rate in rates.items():
-      print(f"speed-up {n} vs {first} device(s): {rate / rates[first]:.2f}x")
+    first, *others = rates
+    for n in others:
+      print(f"speed-up {n} vs {first} device(s): {rates[n] / rates[first]:.2f}x")
 
 
 if __name__ == "__main__":
