@@ -10,7 +10,9 @@ As mseg-semantic `multiobjective_opt/min_norm_solvers.py` (branch training), `Mi
 Frank-Wolfe with that same analytic line search, at most MAX_ITER steps, until the weights move
 less than STOP_CRIT (L1); it returns the weights before that last small move. With two tasks
 the pair solution is the answer. `gradient_normalizers` scales each task's gradient for the
-solver only; the step combines the unscaled gradients.
+solver only; the step combines the unscaled gradients. (mseg's `dist_mgda_utils` calls the
+projected-gradient `find_min_norm_element` of `min_norm_solvers_new.py` instead, from uniform
+weights and without an iteration cap: the same min-norm problem, solved another way.)
 """
 
 import jax
