@@ -16,7 +16,7 @@ import yaml
 from conftest import REPO, shared_path
 from flax import linen as nn
 
-from mseg_jax import mgda, models, train
+from mseg_jax import mgda, train
 
 solve = jax.jit(mgda.min_norm_weights)  # compiled once per number of tasks
 
@@ -137,16 +137,6 @@ def test_gram_and_combine_treat_the_pytree_as_one_flat_vector():
   np.testing.assert_allclose(combined["b"][0], w @ tree["b"][0], rtol=1e-5)
 
 
-TINY = models.HRNetConfig(
-  num_classes=5,
-  stage1_blocks=1,
-  stage1_planes=8,
-  stage_modules=(1, 1, 1),
-  stage_blocks=((1, 1), (1, 1, 1), (1, 1, 1, 1)),
-  stage_widths=((4, 8), (4, 8, 16), (4, 8, 16, 32)),
-)
-
-
 def _tiny_batch(num_crops: int, datasets: list[int], size: int = 17):
   rng = np.random.default_rng(0)
   labels = rng.integers(0, 5, (num_crops, size, size)).astype(np.uint8)
@@ -217,16 +207,22 @@ import functools, sys
 import jax, jax.numpy as jnp, ml_collections, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from mseg_jax import models, train
-from tests.test_mgda import TINY, _tiny_batch
 
 assert jax.device_count() == 4, jax.devices()
-model = models.HRNet(config=TINY)
+config = models.HRNetConfig(num_classes=5, stage1_blocks=1, stage1_planes=8,
+                            stage_modules=(1, 1, 1), stage_blocks=((1, 1), (1, 1, 1), (1, 1, 1, 1)),
+                            stage_widths=((4, 8), (4, 8, 16), (4, 8, 16, 32)))
+model = models.HRNet(config=config)
 optim = ml_collections.ConfigDict(dict(base_lr=0.1, momentum=0.9, weight_decay=1e-4, power=0.9))
 tx, schedule = train.create_optimizer(optim, 100)
 luts = np.stack([(np.arange(256) + k) % 5 for k in range(4)]).astype(np.uint8)
 luts[:, 255] = 255
-host = _tiny_batch(8, [0, 0, 1, 1, 2, 2, 0, 1], size=25)  # dataset 3 absent
-host["image"] = (host["image"] * np.linspace(0.2, 1, 8)[:, None, None, None]).astype(np.uint8)
+rng = np.random.default_rng(0)
+labels = rng.integers(0, 5, (8, 25, 25)).astype(np.uint8)
+labels[:, :2] = 255
+images = rng.integers(0, 256, (8, 25, 25, 3)) * np.linspace(0.2, 1, 8)[:, None, None, None]
+host = {"image": images.astype(np.uint8), "label": labels,
+        "dataset": np.array([0, 0, 1, 1, 2, 2, 0, 1], np.int32)}  # dataset 3 absent
 variables = jax.device_get(jax.jit(functools.partial(model.init, train=False))(
     jax.random.key(0), jnp.zeros((1, 25, 25, 3))))
 out = {}
@@ -266,7 +262,6 @@ def test_sharded_mgda_step_equals_single_device_step(tmp_path):
     capture_output=True,
     text=True,
     timeout=900,
-    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = np.load(out)
