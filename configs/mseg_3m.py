@@ -41,6 +41,10 @@ def get_config(arg: str = "1080p") -> ml_collections.ConfigDict:
   config.num_examples = 3_000_000  # crops per dataset
   config.total_steps = placeholder(int)  # None: num_examples // (batch_size / #datasets)
   config.optim = dict(base_lr=0.01, momentum=0.9, weight_decay=1e-4, power=0.9)
+  # MGDA (mgda.py; official use_mgda): min-norm weights of the datasets' gradients instead of
+  # their mean. normalization: none (official), l2, loss or loss+. tasks_per_pass: datasets
+  # backpropagated at once (0: all; more is faster but needs more memory).
+  config.mgda = dict(enabled=False, normalization="none", tasks_per_pass=1)
   config.init = dict(kind="imagenet", checkpoint=placeholder(str))  # or "finetune" / "none"
   config.checkpoint = dict(every_steps=5000, keep=2)
   config.log_every = 20
@@ -54,7 +58,7 @@ def get_config(arg: str = "1080p") -> ml_collections.ConfigDict:
   config.eval = dict(
     datasets=(),
     regime="zero_shot",
-    base_size=1080,
+    base_sizes=(1080,),  # the paper: (360, 720, 1080), the table takes the best
     crop=713,
     scales=(1.0,),
     batch_size=8,
