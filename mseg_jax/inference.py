@@ -367,6 +367,7 @@ class Predictor:
       return self.probs(image)[1]
     if image.ndim != 3 or image.shape[2] != 3:
       raise ValueError(f"expected an RGB image (H, W, 3), got shape {image.shape}")
-    total, layout = self._window_sum(np.asarray(image, np.float32), self.scales[0])
-    counts = self._counts_for(layout)
-    return _finish_scale_labels(total, counts, self.predictable, layout, image.shape[:2])
+    with jax.default_device(self.device):
+      total, layout = self._window_sum(np.asarray(image, np.float32), self.scales[0])
+      counts = self._counts_for(layout)
+      return _finish_scale_labels(total, counts, self.predictable, layout, image.shape[:2])
