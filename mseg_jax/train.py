@@ -288,13 +288,17 @@ def forward_loss(
   images = normalize(batch["image"], model.dtype)
   labels = taxonomy.remap_labels(batch["label"], luts, batch["dataset"])
   variables = {"params": params, "batch_stats": batch_stats}
-  if not isinstance(model, models.PSPNet):
+  if isinstance(model, models.HRNet):  # the loss of its upsampled quarter logits, banded
     quarter, updates = model.apply(
       variables, images, train=True, return_quarter=True, mutable=["batch_stats"]
     )
     loss, per_dataset, _ = multi_dataset_loss_quarter(
       quarter, labels, batch["dataset"], luts.shape[0]
     )
+    return loss, (updates["batch_stats"], per_dataset)
+  if not isinstance(model, models.PSPNet):
+    logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
+    loss, per_dataset, _ = multi_dataset_loss(logits, labels, batch["dataset"], luts.shape[0])
     return loss, (updates["batch_stats"], per_dataset)
   rngs = {} if rng is None else {"dropout": rng}
   (logits, aux), updates = model.apply(
