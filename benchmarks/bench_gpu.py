@@ -130,6 +130,12 @@ def main() -> None:
   parser.add_argument("--tiny", action="store_true", help="small preset and sizes (CPU check)")
   parser.add_argument("--budget-s", type=float, default=450)
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument(
+    "--only",
+    nargs="+",
+    choices=("forward", "train_step", "predictor", "batched"),
+    help="run only these items (default: all)",
+  )
   args = parser.parse_args()
   start = time.perf_counter()
   dtypes = (jnp.float32, jnp.bfloat16)
@@ -176,6 +182,8 @@ def main() -> None:
     for c in (sizes if args.tiny else (473, 713))
   ]
   for item in items:
+    if args.only and item.func.__name__ not in args.only:
+      continue
     if time.perf_counter() - start > args.budget_s:
       print(f"skipped (past --budget-s {args.budget_s:.0f}): {item.func.__name__} {item.args[2:]}")
       continue
