@@ -2,7 +2,7 @@
 
   python benchmarks/bench_gpu.py                    # GPU: W48, the full table
   python benchmarks/bench_gpu.py --tiny             # any device: tiny sizes, checks the script
-  python benchmarks/bench_gpu.py --only train_step  # some items: forward train_step predictor batched
+  python benchmarks/bench_gpu.py --only train_step  # some: forward train_step predictor batched
 
 Prints, per line: forward images/s (fp32 and bf16; batch 1/16/32; 473 and 713; BN folded, eval),
 the train step (713 crops, 5 per device, fp32 and bf16: s/step, images/s, XLA temp buffers,
