@@ -1,12 +1,14 @@
 """Train-step throughput, memory and host time of HRNet (W48 by default) on the local devices.
 
   python benchmarks/bench_train.py --crop 473 --batch 2 --dtype float32 [--preset hrnet_w48]
+      [--micro_batches K]
 
 Runs the real jitted `train.train_step` (state donated, batch sharded over all devices) on a
 random uint8 batch of 7 datasets' labels. Prints compile time, step time (median of --steps),
 images/s, the host time per step (building the global batch + dispatching the step, which
 overlaps the device work) and memory: XLA's buffer analysis of the step, the process's peak
-RSS and, on GPU, the device's peak bytes in use.
+RSS and, on GPU, the device's peak bytes in use. `--micro_batches K` runs each step in K
+passes (config.max_device_batch): compare its memory and time with K=1 at the same batch.
 """
 
 import argparse
@@ -31,6 +33,7 @@ def main() -> None:
   parser.add_argument("--batch", type=int, default=2, help="global batch")
   parser.add_argument("--dtype", choices=sorted(train.DTYPES), default="float32")
   parser.add_argument("--steps", type=int, default=3)
+  parser.add_argument("--micro_batches", type=int, default=1, help="passes per step")
   args = parser.parse_args()
 
   mesh = train.make_mesh()
@@ -50,7 +53,14 @@ def main() -> None:
     "dataset": np.arange(args.batch, dtype=np.int32) % len(luts),
   }
   step = jax.jit(
-    functools.partial(train.train_step, model=model, luts=luts, tx=tx, schedule=schedule),
+    functools.partial(
+      train.train_step,
+      model=model,
+      luts=luts,
+      tx=tx,
+      schedule=schedule,
+      micro_batches=args.micro_batches,
+    ),
     donate_argnums=0,
     out_shardings=replicated,
   )
@@ -74,7 +84,8 @@ def main() -> None:
   median = statistics.median(step_s)
   print(
     f"device: {jax.devices()[0].device_kind} x{jax.device_count()}  model: {args.preset}  "
-    f"crop: {args.crop}  batch: {args.batch}  dtype: {args.dtype}"
+    f"crop: {args.crop}  batch: {args.batch}  dtype: {args.dtype}  "
+    f"micro-batches: {args.micro_batches}"
   )
   print(f"compile: {compile_s:.1f} s")
   print(
