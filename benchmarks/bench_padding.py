@@ -4,13 +4,13 @@
 
 A global batch of B crops on D devices runs in D * ceil(B / D) slots; the padding slots cost
 compute but change nothing (masked out of BatchNorm and the loss). With --max_device_batch
-(on 8 devices) the step runs in micro-batches, which may need more slots. Pure arithmetic of
-`train.make_plan`: no device needed.
+(on 8 devices) the step runs in micro-batches, which may need more slots (not with MGDA).
+Pure arithmetic of `train.make_plan`: no device needed.
 """
 
 import argparse
 
-from configs import mseg_1m, mseg_3m, pspnet, single_dataset
+from configs import mseg_1m, mseg_3m, mseg_mgda, mseg_naive, pspnet, single_dataset
 from mseg_jax import train
 
 RECIPES = {
@@ -21,6 +21,8 @@ RECIPES = {
   "mseg_1m.py:unrelabeled": lambda: mseg_1m.get_config("unrelabeled"),
   "single_dataset.py:<name>": lambda: single_dataset.get_config("cityscapes-19"),
   "pspnet.py:1080p": lambda: pspnet.get_config("1080p"),
+  "mseg_mgda.py": mseg_mgda.get_config,
+  "mseg_naive.py": mseg_naive.get_config,
 }
 
 
@@ -51,6 +53,8 @@ def main() -> None:
   print("| recipe | " + " | ".join(f"max {m}" for m in args.max_device_batch) + " |")
   print("|---|" + "---|" * len(args.max_device_batch))
   for recipe in RECIPES:
+    if RECIPES[recipe]().mgda.enabled:
+      continue  # MGDA needs the whole step in one pass
     plans = [plan(recipe, 8, m) for m in args.max_device_batch]
     cells = [
       f"{p.device_slots // p.micro_batches} x {p.micro_batches}, "

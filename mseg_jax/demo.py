@@ -1,10 +1,13 @@
 """Segments an image, a directory of images or a video with the official test-time procedure.
 
   python -m mseg_jax.demo --checkpoint DIR --input IMAGE|DIR|VIDEO --output-dir OUT \
-      [--taxonomy universal|<dataset>] [--base-size 360] [--scales ms] [--crop 713]
+      [--taxonomy universal|naive|<dataset>] [--base-size 360] [--scales ms] [--crop 713]
 
-Writes OUT/gray/<stem>.png (uint8 label maps, lossless, in the chosen taxonomy) and
-OUT/overlay/<stem>.jpg (colour overlay with a legend of the classes present). A video gives
+The taxonomy is the model's own (universal, naive for a naive-merge model, or a dataset's), or
+a test dataset's for a universal or naive-merge model (regimes.output_regime). Writes
+OUT/gray/<stem>.png (label maps in that taxonomy, lossless: uint8, or uint16 past 256 classes
+as in the naive taxonomy) and OUT/overlay/<stem>.jpg (colour overlay with a legend of the
+classes present). A video gives
 OUT/gray/<stem>_<frame>.png per frame and OUT/<stem>_overlay.mp4. Defaults are the official
 demo's (universal taxonomy, base size 360, multi-scale, crop 713).
 """
@@ -134,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument(
     "--taxonomy",
     default="universal",
-    help="'universal' or a dataset whose classes to predict (e.g. camvid-11)",
+    help="'universal', 'naive' or a dataset whose classes to predict (e.g. camvid-11)",
   )
   parser.add_argument("--base-size", type=int, default=360)
   parser.add_argument("--scales", choices=("ss", "ms"), default="ms")
@@ -160,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     scales=inference.scales_from_name(args.scales),
     crop=args.crop,
     projection=regime.projection,
+    predictable=regime.predictable,
     batch_size=args.batch_size or (2 if jax.default_backend() == "cpu" else 8),
     dtype=jnp.dtype(args.dtype),
   )

@@ -1,15 +1,16 @@
 """Evaluates a model on dataset val splits with the official MSeg test-time procedure.
 
   python -m mseg_jax.evaluate --checkpoint DIR --dataset camvid-11,kitti-19 --data-root ROOT \
-      [--base-size 360 720 1080] [--scales ss|ms] [--regime zero_shot|oracle|training] \
+      [--base-size 360 720 1080] [--scales ss|ms] [--regime zero_shot|oracle|training|naive] \
       [--relabeled] [--lists-dir mseg-api/mseg/dataset_lists]
 
 Regimes: see mseg_jax/regimes.py. `--relabeled` (training regime, for a model trained on
 relabeled data; --dataset names the unrelabeled dataset) also reads the labels of the same lines
 of `<dataset>-relabeled`'s list and scores with the official reward/penalty rule
 (`metrics.relabeled_reward_penalty`).
-List files are `<dataset root>/list/val.txt`, or `<lists dir>/<dataset>/list/val.txt` with
---lists-dir (mseg-api's per-taxonomy lists read in place).
+List files are `<lists dir>/<dataset>/list/val.txt`, where --lists-dir defaults to
+`<data root>/dataset_lists` (written by `python -m mseg_jax.prepare lists`); point it at
+mseg-api's `mseg/dataset_lists` to read those in place.
 
 Per dataset and base size, OUT/<dataset>/<base size>/<ss|ms>/ (<ss|ms>_relabeled with
 --relabeled) gets results.json, classes.md, confusion.npy (rows: ground truth, columns:
@@ -274,6 +275,7 @@ class Evaluator:
       scales=spec.scales,
       crop=spec.crop,
       projection=self.regime.projection,
+      predictable=self.regime.predictable,
       batch_size=batch_size,
       dtype=jnp.dtype(spec.dtype),
     )
@@ -413,8 +415,8 @@ def main(argv: list[str] | None = None) -> None:
   )
   parser.add_argument(
     "--lists-dir",
-    help="read <lists dir>/<dataset>/list/val.txt (mseg-api's "
-    "mseg/dataset_lists) instead of <dataset root>/list/val.txt",
+    help="read <lists dir>/<dataset>/list/val.txt (default: <data root>/dataset_lists; "
+    "or mseg-api's mseg/dataset_lists)",
   )
   parser.add_argument("--out-dir", help="default: <checkpoint>/eval")
   parser.add_argument(

@@ -8,6 +8,8 @@ BatchNorm over the global batch (under `jax.jit` with the batch sharded on the m
 "data", XLA reduces BN statistics over all devices: synchronized BN); SGD with momentum and
 weight decay on every parameter; poly learning rate applied per step. A PSPNet adds its aux
 loss (weight `aux_weight`) and uses `optim.lr_multipliers` (officially 10x for ppm, cls, aux).
+With `mgda.enabled` the datasets' gradients are combined with MGDA's min-norm weights instead of
+their mean (mgda.py).
 
 Any batch runs on any device count: the plan pads the global batch to a multiple of the device
 count with slots masked out of the BatchNorm statistics and the loss, so the padded step is the
@@ -43,7 +45,7 @@ from tensorboardX import SummaryWriter
 
 from mseg_jax import evaluate as evaluate_lib
 from mseg_jax import metrics as metrics_lib
-from mseg_jax import models, taxonomy
+from mseg_jax import mgda, models, taxonomy
 from mseg_jax.input_pipeline import batching, synthetic
 from mseg_jax.normalization import normalize
 
@@ -52,6 +54,7 @@ State = dict[str, Any]  # {"step", "params", "batch_stats", "opt_state"}
 Batch = dict[str, jax.Array]
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+TAXONOMIES = ("universal", "naive", "dataset")  # config.data.taxonomy
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,20 +95,35 @@ def total_steps(config: ml_collections.ConfigDict) -> int:
 
 
 def label_luts(config: ml_collections.ConfigDict, datasets: tuple[str, ...]) -> np.ndarray:
-  """(n, 256) uint8 lookup tables to the training taxonomy: universal, or the identity."""
-  if config.data.universal:
+  """(n, 256) lookup tables to the training taxonomy (`data.taxonomy`): universal (uint8),
+  naive (uint16: naive ids reach 315), or the identity (one dataset's own taxonomy)."""
+  kind = config.data.taxonomy
+  if kind == "universal":
     return taxonomy.stacked_luts(datasets)
-  if len(datasets) != 1:
-    raise ValueError(
-      f"config.data.universal=False trains in one dataset's own taxonomy, "
-      f"got {len(datasets)} datasets {datasets}"
-    )
-  return np.arange(256, dtype=np.uint8)[None]
+  if kind == "naive":
+    unknown = [d for d in datasets if d not in taxonomy.UNRELABELED_TRAIN_DATASETS]
+    if unknown:
+      raise ValueError(
+        f"config.data.taxonomy='naive' merges the unrelabeled training datasets "
+        f"{taxonomy.UNRELABELED_TRAIN_DATASETS}, not {unknown} (config.data.relabeled=False)"
+      )
+    return np.stack([taxonomy.naive_lut(d) for d in datasets])
+  if kind == "dataset":
+    if len(datasets) != 1:
+      raise ValueError(
+        f"config.data.taxonomy='dataset' trains in one dataset's own taxonomy, "
+        f"got {len(datasets)} datasets {datasets}"
+      )
+    return np.arange(256, dtype=np.uint8)[None]
+  raise ValueError(f"config.data.taxonomy={kind!r}: use one of {', '.join(TAXONOMIES)}")
 
 
 def num_classes(config: ml_collections.ConfigDict, datasets: tuple[str, ...]) -> int:
-  if config.data.universal:
+  """The model's outputs in the training taxonomy."""
+  if config.data.taxonomy == "universal":
     return taxonomy.NUM_UNIVERSAL
+  if config.data.taxonomy == "naive":
+    return taxonomy.NAIVE_NUM_LOGITS
   return len(taxonomy.class_names(datasets[0]))
 
 
@@ -236,6 +254,11 @@ def make_plan(
   device_slots, micro_batches = device_layout(
     config.batch_size, devices, config.get("max_device_batch")
   )
+  if micro_batches > 1 and config.mgda.enabled:
+    raise ValueError(
+      f"config.max_device_batch={config.max_device_batch} splits the step into {micro_batches} "
+      "micro-batches, which MGDA cannot (it needs every dataset's gradient of the whole step)"
+    )
   return Plan(
     config=config,
     datasets=datasets,
@@ -403,16 +426,16 @@ def forward_loss(
   """
   images = normalize(batch["image"], model.dtype)
   labels = training_labels(batch, luts)
-  mask = batch.get("valid")
+  masked = {"mask": batch["valid"]} if "valid" in batch else {}
   variables = {"params": params, "batch_stats": batch_stats}
   n = luts.shape[0]
   if not isinstance(model, models.PSPNet):
-    logits, updates = model.apply(variables, images, train=True, mask=mask, mutable=["batch_stats"])
+    logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"], **masked)
     loss, per_dataset, _ = multi_dataset_loss(logits, labels, batch["dataset"], n, counts)
     return loss, (updates["batch_stats"], per_dataset)
   rngs = {} if rng is None else {"dropout": rng}
   (logits, aux), updates = model.apply(
-    variables, images, train=True, return_aux=True, mask=mask, mutable=["batch_stats"], rngs=rngs
+    variables, images, train=True, return_aux=True, mutable=["batch_stats"], rngs=rngs, **masked
   )
   main, main_per_dataset, _ = multi_dataset_loss(logits, labels, batch["dataset"], n, counts)
   aux, aux_per_dataset, _ = multi_dataset_loss(aux, labels, batch["dataset"], n, counts)
@@ -479,6 +502,42 @@ def micro_batch_gradients(
   return (loss, (jax.tree.map(lambda x: x / crops, stats), per_dataset)), grads
 
 
+def mgda_value_and_grad(
+  params,
+  batch_stats,
+  batch: Batch,
+  *,
+  model: models.HRNet,
+  luts: np.ndarray,
+  normalization: str,
+  tasks_per_pass: int,
+  rng=None,
+):
+  """`value_and_grad(forward_loss)` with the datasets' gradients combined by MGDA weights.
+
+  One forward (BatchNorm over the global batch and its statistics updated once, as the plain
+  step), then one backward per dataset, `tasks_per_pass` at a time (0: all at once), giving
+  g_t = d loss_t / d params; the gradient is sum_t w_t g_t with the min-norm weights w of
+  `mgda.task_weights` over the datasets with valid pixels. The loss stays the datasets' mean.
+  Returns ((loss, (batch_stats, per-dataset loss, weights)), grads).
+  """
+  num = luts.shape[0]
+
+  def dataset_losses(params):
+    loss, (new_stats, per_dataset) = forward_loss(
+      params, batch_stats, batch, model=model, luts=luts, rng=rng
+    )
+    return per_dataset, (loss, new_stats)
+
+  per_dataset, vjp, (loss, new_stats) = jax.vjp(dataset_losses, params, has_aux=True)
+  task_grads = jax.lax.map(
+    lambda e: vjp(e)[0], jnp.eye(num, dtype=per_dataset.dtype), batch_size=tasks_per_pass
+  )
+  pixels = dataset_counts(training_labels(batch, luts), batch["dataset"], num)
+  weights = mgda.task_weights(task_grads, per_dataset, pixels > 0, normalization)
+  return (loss, (new_stats, per_dataset, weights)), mgda.combine(task_grads, weights)
+
+
 def train_step(
   state: State,
   batch: Batch,
@@ -488,36 +547,42 @@ def train_step(
   tx: optax.GradientTransformation,
   schedule: optax.Schedule,
   seed: int = 0,
+  mgda_options: Mapping[str, Any] | None = None,
   micro_batches: int = 1,
 ) -> tuple[State, dict[str, jax.Array]]:
   """One SGD step on a global batch. Pure; jit it with the state donated.
 
-  `micro_batches` > 1 runs the step in that many passes (`micro_batch_gradients`). Dropout
-  (PSPNet) draws from key(seed) folded with the step (and the micro-batch).
+  mgda_options: None for the plain mean of the datasets' gradients, else the keyword arguments
+  `normalization` and `tasks_per_pass` of `mgda_value_and_grad`. `micro_batches` > 1 runs the
+  step in that many passes (`micro_batch_gradients`; not with MGDA). Dropout (PSPNet) draws
+  from key(seed) folded with the step (and the micro-batch).
   """
   rng = jax.random.fold_in(jax.random.key(seed), state["step"])
   loss_fn = functools.partial(forward_loss, model=model, luts=luts)
-  if micro_batches == 1:
+  if mgda_options is not None:
+    if micro_batches > 1:
+      raise ValueError("MGDA needs the whole step in one pass (micro_batches=1)")
+    grad_fn = functools.partial(
+      mgda_value_and_grad, model=model, luts=luts, rng=rng, **mgda_options
+    )
+  elif micro_batches == 1:
     grad_fn = jax.value_and_grad(functools.partial(loss_fn, rng=rng), has_aux=True)
-    (loss, (batch_stats, per_dataset)), grads = grad_fn(
-      state["params"], state["batch_stats"], batch
-    )
   else:
-    (loss, (batch_stats, per_dataset)), grads = micro_batch_gradients(
-      loss_fn,
-      state["params"],
-      state["batch_stats"],
-      batch,
-      luts=luts,
-      rng=rng,
-      micro_batches=micro_batches,
+    grad_fn = functools.partial(
+      micro_batch_gradients, loss_fn, luts=luts, rng=rng, micro_batches=micro_batches
     )
+  # with MGDA the aux ends with the datasets' weights
+  (loss, (batch_stats, per_dataset, *mgda_weights)), grads = grad_fn(
+    state["params"], state["batch_stats"], batch
+  )
   metrics = {
     "loss": loss,
     "dataset_loss": per_dataset,
     "lr": schedule(state["step"]),
     "grad_norm": optax.tree.norm(grads),
   }
+  if mgda_weights:
+    metrics["mgda_weights"] = mgda_weights[0]
   return apply_gradients(state, grads, batch_stats, tx=tx), metrics
 
 
@@ -700,6 +765,9 @@ class _MetricsLog:
       "dataset_loss": [float(x) for x in np.mean([m["dataset_loss"] for m in values], 0)],
       "images_per_s": (steps[-1] - first) * self._batch / (now - self._last_time),
     }
+    if "mgda_weights" in values[-1]:
+      weights = np.mean([m["mgda_weights"] for m in values], 0)
+      summary["mgda_weights"] = [float(x) for x in weights]
     self._last_time, self._last_step = now, steps[-1]
     if self._primary:
       self._jsonl.write(json.dumps(summary) + "\n")
@@ -708,6 +776,8 @@ class _MetricsLog:
         self._writer.add_scalar(f"train/{key}", summary[key], summary["step"])
       for i, x in enumerate(summary["dataset_loss"]):
         self._writer.add_scalar(f"train/loss_dataset_{i}", x, summary["step"])
+      for i, x in enumerate(summary.get("mgda_weights", ())):
+        self._writer.add_scalar(f"train/mgda_weight_dataset_{i}", x, summary["step"])
     return summary
 
   def reset_clock(self) -> None:
@@ -785,6 +855,11 @@ def train(plan: Plan, workdir: str | Path) -> tuple[models.HRNet, dict] | None:
     state = restored["state"]
     note(f"Resumed from {manager.directory} at step {latest}")
 
+  mgda_options = None
+  if config.mgda.enabled:
+    mgda_options = dict(
+      normalization=config.mgda.normalization, tasks_per_pass=config.mgda.tasks_per_pass
+    )
   step_fn = jax.jit(
     functools.partial(
       train_step,
@@ -793,6 +868,7 @@ def train(plan: Plan, workdir: str | Path) -> tuple[models.HRNet, dict] | None:
       tx=tx,
       schedule=schedule,
       seed=config.seed,
+      mgda_options=mgda_options,
       micro_batches=plan.micro_batches,
     ),
     donate_argnums=0,

@@ -4,12 +4,15 @@ a relabeled evaluation with mseg-api style lists applies the official reward/pen
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
+import jax
 import numpy as np
 import pytest
-from conftest import write_tiny_checkpoint
+from conftest import REPO, write_tiny_checkpoint, write_torch_checkpoint
 
 from mseg_jax import evaluate, inference, models, taxonomy
 from mseg_jax.input_pipeline import catalog, sources, synthetic
@@ -231,7 +234,7 @@ def test_relabeled_cli_rewards_and_penalizes_with_lists_read_in_place(
     **SETTINGS,
   )
   root = shutil.copytree(catalog.dataset_root(data_root, CS), tmp_path / "Cityscapes")
-  lines = (root / "list" / "val.txt").read_text().splitlines()[:2]
+  lines = catalog.list_path(data_root, CS, "val").read_text().splitlines()[:2]
   lists = tmp_path / "lists"
   reward, penalty = write_relabeled_lists(root, lists, lines, plain / "gray")
   assert reward > 0 and penalty > 0  # the cases the test is about
@@ -296,9 +299,14 @@ def test_relabeled_evaluation_checks_its_inputs(data_root, checkpoint, tmp_path)
   model, variables = models.load_checkpoint(checkpoint)
   with pytest.raises(ValueError, match="part of the training regime"):
     run_evaluation(model, variables, "camvid-11", data_root, relabeled=True)
-  with pytest.raises(ValueError, match="unrelabeled name"):
-    run_evaluation(model, variables, CS_RELABELED, data_root, regime="training", relabeled=True)
   lines = catalog.list_path(data_root, CS, "val").read_text().splitlines()
+  lists = tmp_path / "relabeled_only"  # the relabeled list exists: the name is what is wrong
+  (lists / CS_RELABELED / "list").mkdir(parents=True)
+  (lists / CS_RELABELED / "list" / "val.txt").write_text("\n".join(lines) + "\n")
+  with pytest.raises(ValueError, match="unrelabeled name"):
+    run_evaluation(
+      model, variables, CS_RELABELED, data_root, regime="training", relabeled=True, lists_dir=lists
+    )
   for relabeled_lines, error in ((lines[:2], "has 2 lines"), (lines[::-1], "is not")):
     lists = tmp_path / error.replace(" ", "_")
     for name, text in ((CS, lines), (CS_RELABELED, relabeled_lines)):
@@ -308,3 +316,50 @@ def test_relabeled_evaluation_checks_its_inputs(data_root, checkpoint, tmp_path)
       run_evaluation(
         model, variables, CS, data_root, regime="training", relabeled=True, lists_dir=lists
       )
+
+
+def test_naive_checkpoint_in_the_official_format_converts_and_evaluates_zero_shot(
+  data_root, tmp_path, capsys
+):
+  """A 316-output HRNet saved as a released .pth, converted by the tool and evaluated on
+  camvid-11 in the naive regime: the mIoU is the official numpy mIoU of the saved predictions;
+  Bicyclist comes from naive logit 278 (past 255); the camvid-11 classes without a naive source
+  are never predicted."""
+  naive = taxonomy.class_names("naive")
+  favoured = [naive.index(n) for n in ("road", "sky", "building", "car", "bicyclist")]
+  assert favoured[-1] > 255
+  model, variables = models.load_checkpoint(
+    write_tiny_checkpoint(tmp_path / "tiny", taxonomy.NAIVE_NUM_LOGITS, favoured)
+  )
+  state_dict = models.variables_to_state_dict(variables)
+  pth = write_torch_checkpoint(
+    tmp_path / "naive.pth", {f"module.{k}": v for k, v in state_dict.items()}
+  )
+  converted = tmp_path / "naive"
+  tool = [sys.executable, str(REPO / "tools" / "convert_torch_weights.py")]
+  proc = subprocess.run(
+    [*tool, "--input", str(pth), "--output", str(converted)], capture_output=True, text=True
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  converted_model, converted_variables = models.load_checkpoint(converted)
+  assert converted_model.config == model.config and model.config.num_classes == 316
+  for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(converted_variables), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+  out = tmp_path / "eval"
+  args = ["--checkpoint", str(converted), "--dataset", "camvid-11", "--data-root", str(data_root)]
+  args += ["--regime", "naive", "--base-size", "64", "--crop", "65", "--batch-size", "2"]
+  evaluate.main([*args, "--out-dir", str(out), "--save-predictions"])
+  assert "| naive | naive | ss |" in capsys.readouterr().out
+  r = json.loads((out / "camvid-11" / "64" / "ss" / "results.json").read_text())
+  gray = out / "camvid-11" / "64" / "ss" / "gray"
+  miou, pixel_acc = official_miou(gray, data_root, "camvid-11", 11)
+  assert r["regime"] == "naive" and r["miou"] == pytest.approx(miou, abs=1e-9)
+  assert r["pixel_acc"] == pytest.approx(pixel_acc, abs=1e-9)
+  predicted = set()
+  for path in gray.glob("*.png"):
+    predicted |= set(np.unique(cv2.imread(str(path), cv2.IMREAD_UNCHANGED)).tolist())
+  fed = taxonomy.naive_projection_matrix("camvid-11").any(axis=0)
+  unfed = {taxonomy.class_id("camvid-11", n) for n in ("SignSymbol", "Pedestrian", "Column_Pole")}
+  assert set(np.flatnonzero(~fed).tolist()) == unfed
+  assert taxonomy.class_id("camvid-11", "Bicyclist") in predicted and not predicted & unfed

@@ -251,3 +251,14 @@ def test_relabeled_evaluations_get_their_own_table_row():
     ("training", {"cityscapes-19": 0.5}),
     ("training+relabeled", {"cityscapes-19": 0.6}),
   ]
+
+
+def test_naive_merge_gets_its_own_row_with_the_zero_shot_harmonic_mean():
+  values = {d: 0.3 + 0.05 * i for i, d in enumerate(metrics.PAPER_DATASETS)}
+  results = [_result(d, 0.9) for d in values]  # the universal model, zero-shot
+  results += [dict(_result(d, v), regime="naive") for d, v in values.items()]
+  rows = metrics.paper_rows(results)
+  assert [row["regime"] for row in rows] == ["zero_shot", "naive"]
+  assert rows[1]["miou"] == values
+  assert rows[1]["hmean"] == pytest.approx(6 / sum(1 / v for v in values.values()))
+  assert "| m | naive | ss |" in metrics.markdown_table(results)

@@ -18,7 +18,7 @@ import orbax.checkpoint as ocp
 import pytest
 from conftest import random_variables, tiny_hrnet_config
 
-from configs import mseg_1m, mseg_3m, pspnet, single_dataset
+from configs import mseg_1m, mseg_3m, mseg_mgda, mseg_naive, pspnet, single_dataset
 from mseg_jax import models, taxonomy, train
 from mseg_jax.models.hrnet import BatchNorm
 
@@ -32,6 +32,8 @@ RECIPES = {
   "mseg_1m:unrelabeled": lambda: mseg_1m.get_config("unrelabeled"),
   "single_dataset:cityscapes-19": lambda: single_dataset.get_config("cityscapes-19"),
   "pspnet:1080p": lambda: pspnet.get_config("1080p"),
+  "mseg_mgda": mseg_mgda.get_config,
+  "mseg_naive": mseg_naive.get_config,
 }
 
 
@@ -100,6 +102,8 @@ def test_max_device_batch_splits_the_step_and_says_what_differs(limit):
   assert "BatchNorm normalizes each micro-batch" in plan.summary()
   with pytest.raises(ValueError, match="max_device_batch=0"):
     train.make_plan(_config("mseg_3m:1080p", max_device_batch=0), devices=8, processes=1)
+  with pytest.raises(ValueError, match="which MGDA cannot"):
+    train.make_plan(_config("mseg_mgda", max_device_batch=limit), devices=8, processes=1)
 
 
 def test_processes_pad_their_own_rows():

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from mseg_jax import models
+from mseg_jax import models, taxonomy
 from mseg_jax.input_pipeline import catalog, sources, synthetic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -173,3 +173,32 @@ def test_demo_learns_and_beats_the_majority_class_zero_shot(tmp_path, env):
   baseline = _majority_miou(data_root, "camvid-11", len(result["class_names"]))
   assert result["miou"] > baseline + 0.05, (result["miou"], baseline)
   assert (workdir / "config.json").exists() and list((workdir / "tensorboard").iterdir())
+
+
+def test_demo_trains_in_the_naive_taxonomy_and_evaluates_it_zero_shot(tmp_path, data_root, env):
+  """configs/demo.py with data.taxonomy=naive: 316 outputs, labels mapped past 255, then the
+  naive regime on camvid-11."""
+  workdir = tmp_path / "naive"
+  proc = _run(
+    _command(
+      workdir,
+      data_root,
+      *[arg for arg in TINY if not arg.startswith("--config.eval.datasets")],
+      "--config.data.taxonomy=naive",
+      "--config.total_steps=12",
+      "--config.log_every=1",
+      "--config.eval.regime=naive",
+      "--config.eval.datasets=('camvid-11',)",
+      "--config.eval.limit=2",
+    ),
+    env,
+  )
+  losses = [m["loss"] for m in _metrics(workdir)]
+  assert len(losses) == 12 and np.isfinite(losses).all() and losses[-1] < losses[0], losses
+  model, _ = models.load_checkpoint(workdir / "model")
+  assert model.config.num_classes == taxonomy.NAIVE_NUM_LOGITS == 316
+  derived = json.loads((workdir / "config.json").read_text())["derived"]
+  assert derived["model"]["num_classes"] == 316
+  result = json.loads((workdir / "eval" / "camvid-11" / "results.json").read_text())
+  assert result["regime"] == "naive" and result["num_images"] == 2
+  assert "| naive | naive |" in proc.stdout  # model (workdir name) and regime
