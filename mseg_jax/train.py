@@ -180,7 +180,7 @@ class Plan:
       f"{100 * padding / self.slots:.1f}% padding"
     )
     if self.micro_batches == 1:
-      return text + " (padding slots count for nothing: the step is the unpadded one)"
+      return text + (" (masked: the step is the unpadded one)" if padding else "")
     per = self.slots // self.micro_batches
     return text + (
       f"; {self.micro_batches} micro-batches of {self.device_slots // self.micro_batches} slots "
