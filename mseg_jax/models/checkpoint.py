@@ -22,7 +22,11 @@ VARIABLES_DIR = "variables"
 
 
 def save_checkpoint(directory: str | Path, config: Config, variables: dict[str, Any]) -> None:
-  """Writes config + params + batch_stats (fp32) to `directory`, replacing a previous model."""
+  """Writes config + params + batch_stats (fp32) to `directory`, replacing a previous model.
+
+  With several processes every one calls it (orbax's save is collective); files are written
+  once, by process 0.
+  """
   directory = Path(directory).absolute()
   directory.mkdir(parents=True, exist_ok=True)
   state = {
@@ -30,7 +34,8 @@ def save_checkpoint(directory: str | Path, config: Config, variables: dict[str, 
     for c in ("params", "batch_stats")
   }
   meta = {"architecture": architecture(config), "config": config.to_dict()}
-  (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+  if jax.process_index() == 0:
+    (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(directory / VARIABLES_DIR, state, force=True)
     checkpointer.wait_until_finished()
