@@ -3,15 +3,21 @@
   pip install torch==2.13.0   # CPU build; torch is not a dependency of mseg-jax
   python benchmarks/bench_torch_hrnet.py --sizes 473 713 --threads 2
   python benchmarks/bench_model.py --sizes 473 713        # ours, same machine, alternated
+  python benchmarks/bench_torch_hrnet.py --train --sizes 473 --batch 2   # training step
+  python benchmarks/bench_train.py --crop 473 --batch 2                   # ours, alternated
 
 CPU timings on a shared machine drift by 10-30% within minutes, so compare the two scripts
 run alternately, not against numbers taken at another time. The network is the official
 `seg_hrnet.py` architecture as ../shared/golden/README.md specifies it (eval mode, BN kept
 as a module, random weights: time does not depend on them); its parameter count is checked
-against the released model's 65,985,554.
+against the released model's 65,985,554. `--train` times the official training step instead:
+train-mode forward (BN batch statistics), cross entropy with ignore 255 at full resolution,
+backward and SGD (momentum 0.9, weight decay 1e-4), and prints the process's peak RSS (run one
+mode per process for a clean peak).
 """
 
 import argparse
+import resource
 import statistics
 import time
 
@@ -109,17 +115,51 @@ class HRNet(nn.Module):
     return F.interpolate(self.last_layer(x), size=size, mode="bilinear", align_corners=True)
 
 
+def time_train_step(model: nn.Module, size: int, batch: int, repeats: int) -> list[float]:
+  """Seconds per official SGD step on random images and labels (ignore 255 included)."""
+  model.train()
+  optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+  criterion = nn.CrossEntropyLoss(ignore_index=255)
+  x = torch.randn(batch, 3, size, size)
+  target = torch.randint(0, 194, (batch, size, size))
+  target[:, :8] = 255
+  times = []
+  for i in range(repeats + 1):  # the first step warms up
+    start = time.perf_counter()
+    loss = criterion(model(x), target)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    if i:
+      times.append(time.perf_counter() - start)
+  return times
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--sizes", type=int, nargs="+", default=[473, 713])
   parser.add_argument("--threads", type=int, default=2)
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--train", action="store_true", help="time the training step")
+  parser.add_argument("--batch", type=int, default=2, help="training batch (--train)")
   args = parser.parse_args()
   torch.set_num_threads(args.threads)
   model = HRNet().eval()
   params = sum(p.numel() for p in model.parameters())
   if params != RELEASED_PARAMS:
     raise SystemExit(f"{params} parameters, the released model has {RELEASED_PARAMS}")
+  if args.train:
+    print(
+      f"torch {torch.__version__}, {args.threads} threads, HRNet-W48 ({params:,} params), "
+      f"fp32, training step (forward, loss, backward, SGD), batch {args.batch}"
+    )
+    for size in args.sizes:
+      times = time_train_step(model, size, args.batch, args.repeats)
+      print(
+        f"{size}x{size}: median {statistics.median(times):.3f} s, min {min(times):.3f} s, "
+        f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
+      )
+    return
   print(
     f"torch {torch.__version__}, {args.threads} threads, HRNet-W48 ({params:,} params), "
     "fp32, batch 1, eval, no_grad"

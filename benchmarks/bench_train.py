@@ -3,8 +3,9 @@
   python benchmarks/bench_train.py --crop 473 --batch 2 --dtype float32 [--preset hrnet_w48]
       [--micro_batches K]
 
-Runs the real jitted `train.train_step` (state donated, batch sharded over all devices) on a
-random uint8 batch of 7 datasets' labels. Prints compile time, step time (median of --steps),
+Runs the real jitted `train.train_step` (state donated, batch sharded over all devices, the XLA
+options of train.py: `models.compiler_options()`) on a random uint8 batch of 7 datasets'
+labels. Prints compile time, step time (median of --steps),
 images/s, the host time per step (building the global batch + dispatching the step, which
 overlaps the device work) and memory: XLA's buffer analysis of the step, the process's peak
 RSS and, on GPU, the device's peak bytes in use.
@@ -39,6 +40,9 @@ def main() -> None:
   parser.add_argument("--batch", type=int, default=2, help="global batch")
   parser.add_argument("--dtype", choices=sorted(train.DTYPES), default="float32")
   parser.add_argument("--steps", type=int, default=3)
+  parser.add_argument(
+    "--default-options", action="store_true", help="default XLA options, not train.py's"
+  )
   parser.add_argument("--micro_batches", type=int, default=1, help="passes per step")
   parser.add_argument("--mgda", choices=("off", "on", "compare"), default="off")
   parser.add_argument("--tasks-per-pass", type=int, default=1, help="MGDA; 0: all at once")
@@ -90,6 +94,7 @@ def time_step(args: argparse.Namespace, mesh: jax.sharding.Mesh, mgda_options) -
     ),
     donate_argnums=0,
     out_shardings=replicated,
+    compiler_options=None if args.default_options else models.compiler_options(),
   )
   start = time.perf_counter()
   compiled = step.lower(state, train.global_batch(host, data)).compile()

@@ -9,7 +9,8 @@ OUT/gray/<stem>.png (label maps in that taxonomy, lossless: uint8, or uint16 pas
 as in the naive taxonomy) and OUT/overlay/<stem>.jpg (colour overlay with a legend of the
 classes present). A video gives
 OUT/gray/<stem>_<frame>.png per frame and OUT/<stem>_overlay.mp4. Defaults are the official
-demo's (universal taxonomy, base size 360, multi-scale, crop 713).
+demo's (universal taxonomy, base size 360, multi-scale, crop 713). `--single-crop N` is the
+official batched demo (`universal_demo_batched.py`): one crop per frame, N frames per call.
 """
 
 import argparse
@@ -23,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from mseg_jax import inference, models, regimes, visualize
+from mseg_jax import inference, models, regimes, single_crop, visualize
 from mseg_jax.input_pipeline import sources
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -129,6 +130,53 @@ def run(
   return written
 
 
+def _chunks(items: Iterator, size: int) -> Iterator[list]:
+  """Consecutive lists of up to `size` items whose first element's shape is the same."""
+  chunk = []
+  for item in items:
+    if chunk and (len(chunk) == size or item[0].shape != chunk[0][0].shape):
+      yield chunk
+      chunk = []
+    chunk.append(item)
+  if chunk:
+    yield chunk
+
+
+def run_single_crop(
+  predictor: single_crop.SingleCropPredictor,
+  input_path: str | Path,
+  out_dir: str | Path,
+  class_names: list[str],
+  frames_per_call: int,
+) -> list[Path]:
+  """`run` in the official batched single-crop mode: `frames_per_call` frames (of one size) per
+  network call; writes OUT/gray and OUT/overlay per image or frame (no video file)."""
+  input_path, out_dir = Path(input_path), Path(out_dir)
+  if not input_path.exists():
+    raise DemoInputError(f"{input_path}: input not found")
+  if input_path.is_dir():
+    paths = list_images(input_path)
+    stems = ["_".join(p.relative_to(input_path).with_suffix("").parts) for p in paths]
+    items = ((sources.load_image(p), stem) for p, stem in zip(paths, stems, strict=True))
+    total = len(paths)
+  elif input_path.suffix.lower() in VIDEO_SUFFIXES:
+    items = ((f, f"{input_path.stem}_{i:06d}") for i, f in enumerate(video_frames(input_path)))
+    total = None
+  else:
+    items, total = iter([(sources.load_image(input_path), input_path.stem)]), 1
+  for sub in ("gray", "overlay"):
+    (out_dir / sub).mkdir(parents=True, exist_ok=True)
+  written = []
+  with tqdm.tqdm(total=total, desc="demo (single crop)", unit="img") as bar:
+    for chunk in _chunks(items, frames_per_call):
+      labels = np.asarray(predictor(np.stack([image for image, _ in chunk])))
+      for (image, stem), label in zip(chunk, labels, strict=True):
+        _write(out_dir, stem, image, label, class_names)
+        written.append(out_dir / "gray" / f"{stem}.png")
+      bar.update(len(chunk))
+  return written
+
+
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--checkpoint", required=True, help="model dir (models.save_checkpoint)")
@@ -146,9 +194,17 @@ def main(argv: list[str] | None = None) -> None:
     "--batch-size",
     type=int,
     default=None,
-    help="windows per network call (default 8 on GPU/TPU, 2 on CPU)",
+    help="windows per network call (default 8 on GPU/TPU, 1 on CPU: faster there)",
   )
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+  parser.add_argument(
+    "--single-crop",
+    type=int,
+    default=0,
+    metavar="N",
+    help="the official batched mode (universal_demo_batched): each frame resized to fit one "
+    "crop, N frames per network call; ignores --base-size and --scales",
+  )
   args = parser.parse_args(argv)
 
   model, variables = models.load_checkpoint(args.checkpoint)
@@ -156,6 +212,22 @@ def main(argv: list[str] | None = None) -> None:
     regime = regimes.output_regime(args.taxonomy, model.config.num_classes)
   except ValueError as e:
     parser.error(str(e))
+  if args.single_crop:
+    batched = single_crop.SingleCropPredictor(
+      model,
+      variables,
+      crop=args.crop,
+      projection=regime.projection,
+      predictable=regime.predictable,
+      dtype=jnp.dtype(args.dtype),
+    )
+    try:
+      names = list(regime.class_names)
+      written = run_single_crop(batched, args.input, args.output_dir, names, args.single_crop)
+    except (DemoInputError, sources.InputError) as e:
+      sys.exit(f"mseg_jax.demo: error: {e}")
+    print(f"wrote {len(written)} label maps to {Path(args.output_dir) / 'gray'}")
+    return
   predictor = inference.Predictor(
     model,
     variables,
@@ -164,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     crop=args.crop,
     projection=regime.projection,
     predictable=regime.predictable,
-    batch_size=args.batch_size or (2 if jax.default_backend() == "cpu" else 8),
+    batch_size=args.batch_size or (1 if jax.default_backend() == "cpu" else 8),
     dtype=jnp.dtype(args.dtype),
   )
   try:

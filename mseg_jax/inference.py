@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mseg_jax import models, taxonomy
+from mseg_jax.models.resize import bilinear_taps
 from mseg_jax.normalization import normalize
 
 SINGLE_SCALE = (1.0,)
@@ -104,12 +105,69 @@ def net_process(
   return (probs[:b] + probs[b:, :, ::-1]) / 2
 
 
+ROW_BAND = 32  # output rows per step of the banded resizes
+
+
+def banded_rows(fn: Callable, taps: tuple[np.ndarray, np.ndarray, np.ndarray], band: int):
+  """fn(y0, y1, wy) over bands of `band` output rows (taps as `bilinear_taps`), concatenated
+  along axis 1 of its results (N, band, ...) and cut to the real row count."""
+  rows = len(taps[0])
+  pad = -rows % band
+  taps = [np.pad(t, (0, pad), mode="edge").reshape(-1, band) for t in taps]
+  out = jax.lax.map(
+    lambda t: fn(*t),
+    (jnp.asarray(taps[0]), jnp.asarray(taps[1]), jnp.asarray(taps[2], jnp.float32)),
+  )
+  out = jnp.moveaxis(out, 0, 1)
+  return out.reshape(out.shape[0], -1, *out.shape[3:])[:, :rows]
+
+
+def _lerp_rows(x: jax.Array, y0, y1, wy) -> jax.Array:
+  """Rows y0 and y1 of (N, H, W, C) `x` mixed with weight wy (resize_bilinear's row step)."""
+  wy = wy[None, :, None, None]
+  return x[:, y0] * (1 - wy) + x[:, y1] * wy
+
+
+def _lerp_cols(x: jax.Array, width: int, align_corners: bool) -> jax.Array:
+  """resize_bilinear's column step of (N, h, w, C) `x` to `width` columns."""
+  x0, x1, wx = bilinear_taps(width, x.shape[2], align_corners)
+  wx = jnp.asarray(wx, x.dtype)[None, None, :, None]
+  return x[:, :, x0] * (1 - wx) + x[:, :, x1] * wx
+
+
+def net_process_banded(
+  apply_fn: Callable, variables, images: jax.Array, projection: jax.Array | None = None
+) -> jax.Array:
+  """`net_process` for a model that returns its logits at 1/4 size (`return_quarter`: HRNet).
+
+  The model's align_corners upsample, the softmax, the projection and the flip average run
+  per band of ROW_BAND output rows, so the full-size logits and softmax of the crops and their
+  flips (2B x h x w x C fp32) never exist in memory: only the (B, h, w, K) result.
+  """
+  b, h, w, _ = images.shape
+  x = jnp.concatenate([images, images[:, :, ::-1]], axis=0)
+  quarter = apply_fn(variables, x, train=False, return_quarter=True).astype(jnp.float32)
+
+  def band(y0, y1, wy):
+    logits = _lerp_cols(_lerp_rows(quarter, y0, y1, wy), w, align_corners=True)
+    probs = jax.nn.softmax(logits, axis=-1)
+    if projection is not None:
+      probs = taxonomy.project_probs(probs, projection)
+    return (probs[:b] + probs[b:, :, ::-1]) / 2
+
+  return banded_rows(band, bilinear_taps(h, quarter.shape[1], True), ROW_BAND)
+
+
+def model_net_process(model) -> Callable:
+  """net_process(variables, images, projection) of a model: banded for HRNet."""
+  process = net_process_banded if isinstance(model, models.HRNet) else net_process
+  return functools.partial(process, model.apply)
+
+
 @functools.lru_cache(maxsize=8)
 def compiled_net(model) -> Callable:
   """jit(net_process) of a model, shared by equal models so a new Predictor recompiles nothing."""
-  return jax.jit(
-    functools.partial(net_process, model.apply), compiler_options=models.compiler_options()
-  )
+  return jax.jit(model_net_process(model), compiler_options=models.compiler_options())
 
 
 @functools.partial(jax.jit, static_argnames=("layout", "batch"))
@@ -159,6 +217,34 @@ def _finish_scale(
   if (layout.height, layout.width) != tuple(out_hw):
     probs = models.resize_bilinear(probs[None], out_hw, align_corners=False)[0]
   return probs
+
+
+@functools.partial(jax.jit, static_argnames=("layout", "out_hw"))
+def _finish_scale_labels(
+  total: jax.Array,
+  counts: jax.Array,
+  predictable: jax.Array | None,
+  layout: Layout,
+  out_hw: tuple[int, int],
+) -> jax.Array:
+  """argmax(_finish_scale(...)) over the `predictable` classes, per band of output rows: the
+  same labels without the (H, W, K) probabilities in memory (single scale)."""
+  height, width = layout.height, layout.width
+  y0, y1, wy = bilinear_taps(out_hw[0], height, align_corners=False)
+  total = total[None, :, layout.pad_left : layout.pad_left + width]
+  counts = counts[None, :, layout.pad_left : layout.pad_left + width, None]
+
+  def band(y0, y1, wy):
+    y0, y1 = y0 + layout.pad_top, y1 + layout.pad_top
+    rows0, rows1 = total[:, y0] / counts[:, y0], total[:, y1] / counts[:, y1]
+    wy = wy[None, :, None, None]
+    probs = rows0 * (1 - wy) + rows1 * wy
+    if width != out_hw[1]:
+      probs = _lerp_cols(probs, out_hw[1], align_corners=False)
+    scores = probs if predictable is None else jnp.where(predictable, probs, -1.0)
+    return jnp.argmax(scores, axis=-1).astype(taxonomy.label_dtype(probs.shape[-1]))
+
+  return banded_rows(band, (y0, y1, wy), ROW_BAND)[0]
 
 
 @functools.partial(jax.jit, donate_argnums=0)
@@ -237,6 +323,11 @@ class Predictor:
 
   def scale_probs(self, image: np.ndarray, scale: float) -> jax.Array:
     """(H, W, K) probabilities of one scale for a float32 RGB image (H, W, 3) in 0..255."""
+    total, layout = self._window_sum(image, scale)
+    return _finish_scale(total, self._counts_for(layout), layout, image.shape[:2])
+
+  def _window_sum(self, image: np.ndarray, scale: float) -> tuple[jax.Array, Layout]:
+    """The window probabilities of one scale summed on the padded canvas, and its layout."""
     raw_h, raw_w = image.shape[:2]
     h, w = scaled_size(raw_h, raw_w, self.base_size, scale)
     if (h, w) != (raw_h, raw_w):
@@ -254,7 +345,7 @@ class Predictor:
       if total is None:
         total = jnp.zeros((layout.padded_height, layout.padded_width, probs.shape[-1]), jnp.float32)
       total = _accumulate(total, probs, starts[i : i + b], valid[i : i + b])
-    return _finish_scale(total, self._counts_for(layout), layout, (raw_h, raw_w))
+    return total, layout
 
   def probs(self, image: np.ndarray) -> tuple[jax.Array, jax.Array]:
     """uint8 RGB (H, W, 3) -> (probabilities (H, W, K) float32, labels (H, W))."""
@@ -269,5 +360,14 @@ class Predictor:
       return _mean_and_argmax(total, len(self.scales), self.predictable)
 
   def __call__(self, image: np.ndarray) -> jax.Array:
-    """uint8 RGB (H, W, 3) -> label map (H, W), on device."""
-    return self.probs(image)[1]
+    """uint8 RGB (H, W, 3) -> label map (H, W), on device.
+
+    Single scale: the labels of `probs` without the (H, W, K) probabilities in memory."""
+    if len(self.scales) > 1:
+      return self.probs(image)[1]
+    if image.ndim != 3 or image.shape[2] != 3:
+      raise ValueError(f"expected an RGB image (H, W, 3), got shape {image.shape}")
+    with jax.default_device(self.device):
+      total, layout = self._window_sum(np.asarray(image, np.float32), self.scales[0])
+      counts = self._counts_for(layout)
+      return _finish_scale_labels(total, counts, self.predictable, layout, image.shape[:2])

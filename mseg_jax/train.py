@@ -44,7 +44,7 @@ from ml_collections import config_flags
 from tensorboardX import SummaryWriter
 
 from mseg_jax import evaluate as evaluate_lib
-from mseg_jax import mgda, models, taxonomy
+from mseg_jax import mgda, models, taxonomy, upsampled_loss
 from mseg_jax.input_pipeline import batching, synthetic
 from mseg_jax.normalization import normalize
 
@@ -384,7 +384,27 @@ def multi_dataset_loss(
   target = jnp.where(valid, labels, 0).astype(jnp.int32)
   picked = jnp.take_along_axis(logits, target[..., None], axis=-1)[..., 0]
   pixel_loss = jnp.where(valid, jax.nn.logsumexp(logits, axis=-1) - picked, 0.0)
-  sums = jax.ops.segment_sum(pixel_loss.sum(axis=(1, 2)), dataset, num_datasets)
+  return _dataset_means(pixel_loss.sum(axis=(1, 2)), labels, dataset, num_datasets, counts)
+
+
+def multi_dataset_loss_quarter(
+  quarter: jax.Array,
+  labels: jax.Array,
+  dataset: jax.Array,
+  num_datasets: int,
+  counts: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """`multi_dataset_loss` of HRNet's quarter-resolution logits upsampled to the labels' size
+  (align_corners=True, as the model's head), without the full-size logits in memory."""
+  valid = labels != taxonomy.IGNORE
+  target = jnp.where(valid, labels, 0).astype(jnp.int32)
+  sums = upsampled_loss.pixel_loss_sums(quarter.astype(jnp.float32), target, valid)
+  return _dataset_means(sums, labels, dataset, num_datasets, counts)
+
+
+def _dataset_means(image_sums, labels, dataset, num_datasets, counts):
+  """(loss, per-dataset loss, per-dataset valid count) from per-image loss sums."""
+  sums = jax.ops.segment_sum(image_sums, dataset, num_datasets)
   if counts is None:
     counts = dataset_counts(labels, dataset, num_datasets)
   present = counts > 0
@@ -428,6 +448,12 @@ def forward_loss(
   masked = {"mask": batch["valid"]} if "valid" in batch else {}
   variables = {"params": params, "batch_stats": batch_stats}
   n = luts.shape[0]
+  if isinstance(model, models.HRNet):  # the loss of its upsampled quarter logits, banded
+    quarter, updates = model.apply(
+      variables, images, train=True, return_quarter=True, mutable=["batch_stats"], **masked
+    )
+    loss, per_dataset, _ = multi_dataset_loss_quarter(quarter, labels, batch["dataset"], n, counts)
+    return loss, (updates["batch_stats"], per_dataset)
   if not isinstance(model, models.PSPNet):
     logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"], **masked)
     loss, per_dataset, _ = multi_dataset_loss(logits, labels, batch["dataset"], n, counts)
@@ -872,6 +898,7 @@ def train(plan: Plan, workdir: str | Path) -> tuple[models.HRNet, dict] | None:
     ),
     donate_argnums=0,
     out_shardings=replicated,
+    compiler_options=models.compiler_options(),
   )
   log = _MetricsLog(workdir, config.batch_size)
 

@@ -392,5 +392,6 @@ CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
 def compiler_options() -> dict[str, Any] | None:
-  """`jax.jit(..., compiler_options=...)` for an HRNet forward on the default backend."""
+  """`jax.jit(..., compiler_options=...)` for an HRNet forward or train step on the default
+  backend (BENCHMARKS.md, issue 17: the step's convolutions ran as YNN fusions)."""
   return dict(CPU_COMPILER_OPTIONS) if jax.default_backend() == "cpu" else None

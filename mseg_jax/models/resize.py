@@ -16,7 +16,8 @@ def _source_coords(out_n: int, in_n: int, align_corners: bool) -> np.ndarray:
   return np.maximum((o + 0.5) * (in_n / out_n) - 0.5, 0.0)
 
 
-def _taps(out_n: int, in_n: int, align_corners: bool):
+def bilinear_taps(out_n: int, in_n: int, align_corners: bool):
+  """Per output index: the two source indices and the weight of the second."""
   src = _source_coords(out_n, in_n, align_corners)
   i0 = np.minimum(np.floor(src).astype(np.int32), in_n - 1)
   i1 = np.minimum(i0 + 1, in_n - 1)
@@ -33,8 +34,8 @@ def resize_bilinear(x: jnp.ndarray, out_hw: tuple[int, int], align_corners: bool
   out_h, out_w = int(out_hw[0]), int(out_hw[1])
   if (out_h, out_w) == (h, w):
     return x
-  y0, y1, wy = _taps(out_h, h, align_corners)
-  x0, x1, wx = _taps(out_w, w, align_corners)
+  y0, y1, wy = bilinear_taps(out_h, h, align_corners)
+  x0, x1, wx = bilinear_taps(out_w, w, align_corners)
   wy = jnp.asarray(wy, x.dtype)[None, :, None, None]
   wx = jnp.asarray(wx, x.dtype)[None, None, :, None]
   x = x[:, y0] * (1 - wy) + x[:, y1] * wy  # separable: rows, then columns
