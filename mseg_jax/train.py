@@ -138,6 +138,11 @@ class Plan:
     }
 
 
+def model_taxonomy(plan: Plan) -> str:
+  """The taxonomy the trained model predicts in: universal, or its one dataset's."""
+  return "universal" if plan.config.data.universal else plan.datasets[0]
+
+
 def make_plan(config: ml_collections.ConfigDict) -> Plan:
   """Resolves `config` and checks it (data, devices, initialization) before anything is built."""
   if not config.data.data_root:
@@ -581,7 +586,9 @@ def train(plan: Plan, workdir: str | Path) -> tuple[models.HRNet, dict] | None:
   if preempted:
     return None
   variables = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
-  models.save_checkpoint(workdir / "model", plan.model, variables)
+  models.save_checkpoint(
+    workdir / "model", plan.model, variables, taxonomy=model_taxonomy(plan), name=workdir.name
+  )
   return models.build(plan.model), variables
 
 

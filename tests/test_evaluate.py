@@ -71,7 +71,7 @@ def test_cli_prints_table_and_matches_official_numpy(data_root, checkpoint, tmp_
     [
       "--checkpoint",
       str(checkpoint),
-      "--dataset",
+      "--datasets",
       "camvid-11",
       "--data-root",
       str(data_root),
@@ -102,6 +102,8 @@ def test_cli_prints_table_and_matches_official_numpy(data_root, checkpoint, tmp_
       "scales": "ss",
       "miou": {"camvid-11": best},
       "hmean": None,
+      "mean": None,
+      "gmean": None,
     }
   ]
   assert f"| tiny | zero_shot | ss | {100 * best:.1f} | — |" in printed
@@ -121,15 +123,15 @@ def test_interrupted_evaluation_resumes(data_root, checkpoint, tmp_path, monkeyp
   fresh = run_evaluation(model, variables, "camvid-11", data_root, **SETTINGS)
 
   calls = []
-  real_call = inference.Predictor.__call__
+  real_probs = inference.Predictor.probs
 
   def flaky(self, image):
     calls.append(1)
     if len(calls) == 4:
       raise KeyboardInterrupt
-    return real_call(self, image)
+    return real_probs(self, image)
 
-  monkeypatch.setattr(inference.Predictor, "__call__", flaky)
+  monkeypatch.setattr(inference.Predictor, "probs", flaky)
   monkeypatch.setattr(evaluate, "SAVE_EVERY_S", 1e9)  # only the interrupt saves
   with pytest.raises(KeyboardInterrupt):
     run_evaluation(model, variables, "camvid-11", data_root, save_dir=tmp_path, **SETTINGS)
@@ -241,14 +243,12 @@ def test_relabeled_cli_rewards_and_penalizes_with_lists_read_in_place(
     [
       "--checkpoint",
       str(checkpoint),
-      "--dataset",
+      "--datasets",
       CS,
       "--data-root",
       str(data_root),
-      "--root",
-      f"{CS}={root}",
-      "--root",
-      f"{CS_RELABELED}={root}",
+      "--roots",
+      f"{CS}={root},{CS_RELABELED}={root}",
       "--lists-dir",
       str(lists),
       "--regime",

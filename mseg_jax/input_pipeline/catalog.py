@@ -11,6 +11,7 @@ folder) they are read in place from `<lists_dir>/<name>/list/<split>.txt`, which
 keeps one list per taxonomy when taxonomies share a root.
 """
 
+import argparse
 from pathlib import Path
 
 DEFAULT_ROOTS: dict[str, str] = {
@@ -70,3 +71,11 @@ def list_path(
   if lists_dir is not None:
     return Path(lists_dir) / name / "list" / f"{split}.txt"
   return dataset_root(data_root, name, roots) / "list" / f"{split}.txt"
+
+
+def parse_roots(text: str) -> dict[str, str]:
+  """`--roots name=path[,name=path...]` (every CLI) -> {name: path}."""
+  pairs = [item.split("=", 1) for item in text.split(",") if item]
+  if any(len(p) != 2 for p in pairs):
+    raise argparse.ArgumentTypeError(f"--roots wants name=path[,name=path...], got {text!r}")
+  return dict(pairs)

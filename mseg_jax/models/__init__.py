@@ -2,7 +2,7 @@
 conversion."""
 
 from mseg_jax.models.build import architecture, build, config_from_dict, preset
-from mseg_jax.models.checkpoint import load_checkpoint, save_checkpoint
+from mseg_jax.models.checkpoint import Info, checkpoint_info, load_checkpoint, save_checkpoint
 from mseg_jax.models.convert import (
   ConversionError,
   backbone_to_variables,
@@ -27,12 +27,14 @@ __all__ = [
   "ConversionError",
   "HRNet",
   "HRNetConfig",
+  "Info",
   "PRETRAINED_KINDS",
   "PSPNet",
   "PSPNetConfig",
   "architecture",
   "backbone_to_variables",
   "build",
+  "checkpoint_info",
   "checkpoint_state_dict",
   "compiler_options",
   "config_from_dict",
