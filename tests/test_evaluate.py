@@ -3,7 +3,9 @@ numpy mIoU of the saved predictions, an interrupted run resumes, the regimes che
 a relabeled evaluation with mseg-api style lists applies the official reward/penalty rule."""
 
 import json
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import cv2
@@ -308,3 +310,99 @@ def test_relabeled_evaluation_checks_its_inputs(data_root, checkpoint, tmp_path)
       run_evaluation(
         model, variables, CS, data_root, regime="training", relabeled=True, lists_dir=lists
       )
+
+
+def test_saved_predictions_score_as_the_model_did_and_results_txt_is_official(
+  data_root, checkpoint, tmp_path
+):
+  """`--predictions` scores a folder of gray PNGs without the network (the official
+  has_prediction path); results.txt has the line format collect_results.py parses."""
+  model, variables = models.load_checkpoint(checkpoint)
+  ran = tmp_path / "ran"
+  evaluator = evaluate.Evaluator(
+    model, variables, evaluate.Spec("camvid-11", **SETTINGS), data_root, batch_size=2
+  )
+  direct = evaluator.run(ran, save_predictions=True, save_probabilities="max")
+  assert len(list((ran / "confidence").glob("*.png"))) == 6
+  out = tmp_path / "scored"
+  evaluate.main(
+    [
+      "--predictions",
+      str(ran / "gray"),
+      "--datasets",
+      "camvid-11",
+      "--data-root",
+      str(data_root),
+      "--base-size",
+      "64",
+      "--out-dir",
+      str(out),
+      "--model-name",
+      "saved",
+    ]
+  )
+  run_dir = out / "camvid-11" / "64" / "ss"
+  scored = json.loads((run_dir / "results.json").read_text())
+  assert scored["model"] == "saved"
+  for key in ("miou", "macc", "pixel_acc", "iou"):
+    assert scored[key] == direct[key], key
+  lines = (run_dir / "results.txt").read_text().splitlines()
+  first = f"Eval result: mIoU/mAcc/allAcc {direct['miou']:.4f}/{direct['macc']:.4f}/"
+  assert lines[0] == first + f"{direct['pixel_acc']:.4f}."
+  assert float(lines[0].split()[-1].split("/")[0]) * 100 == pytest.approx(
+    100 * direct["miou"], abs=0.01
+  )
+  assert len(lines) == 1 + 11
+  name, iou, acc = taxonomy.class_names("camvid-11")[0], direct["iou"][0], direct["acc"][0]
+  assert lines[1] == f"Class_00 result: iou/accuracy {iou:.4f}/{acc:.4f}, name: {name}."
+  assert (out / "results.tex").read_text().startswith("\\begin{tabular}")
+
+  stem = sorted((ran / "gray").glob("*.png"))[0]
+  cv2.imwrite(str(stem), np.full((96, 128), 11, np.uint8))
+  with pytest.raises(sources.InputError, match=f"{stem}: prediction holds id 11; .* 11 classes"):
+    evaluate.Evaluator(
+      None, None, evaluate.Spec("camvid-11", **SETTINGS), data_root, predictions_dir=ran / "gray"
+    ).run()
+  stem.unlink()
+  with pytest.raises(sources.InputError, match=f"{stem}: prediction missing"):
+    evaluate.Evaluator(
+      None, None, evaluate.Spec("camvid-11", **SETTINGS), data_root, predictions_dir=ran / "gray"
+    ).run()
+
+
+def test_sigterm_saves_progress_like_ctrl_c(data_root, checkpoint, tmp_path, monkeypatch):
+  calls = []
+  real_probs = inference.Predictor.probs
+
+  def terminated(self, image):
+    calls.append(1)
+    if len(calls) == 3:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return real_probs(self, image)
+
+  monkeypatch.setattr(inference.Predictor, "probs", terminated)
+  monkeypatch.setattr(evaluate, "SAVE_EVERY_S", 1e9)  # only the interrupt saves
+  out = tmp_path / "eval"
+  with pytest.raises(SystemExit) as exit_info:
+    evaluate.main(
+      [
+        "--checkpoint",
+        str(checkpoint),
+        "--datasets",
+        "camvid-11",
+        "--data-root",
+        str(data_root),
+        "--base-size",
+        "64",
+        "--crop",
+        "65",
+        "--batch-size",
+        "2",
+        "--out-dir",
+        str(out),
+      ]
+    )
+  assert exit_info.value.code == 128 + signal.SIGTERM
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+  done = int(np.load(out / "camvid-11" / "64" / "ss" / "partial.npz")["done"])
+  assert 2 <= done <= 3  # the image in flight when the signal came may be counted
