@@ -33,7 +33,9 @@ def get_config(arg: str = "1080p") -> ml_collections.ConfigDict:
     synthetic=False,
     crop_size=crop,
     short_size=short,
-    num_workers=16,
+    scale_range=(0.5, 2.0),  # official scale_min, scale_max
+    rotate_range=(-10.0, 10.0),  # official rotate_min, rotate_max (degrees)
+    num_workers=8,  # grain worker processes per host (README: 8-12 on GPU hosts)
   )
   config.batch_size = batch  # global; split evenly over the datasets
   config.num_examples = 3_000_000  # crops per dataset

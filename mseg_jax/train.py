@@ -492,6 +492,8 @@ def train(plan: Plan, workdir: str | Path) -> tuple[models.HRNet, dict] | None:
     process_index=jax.process_index(),
     process_count=jax.process_count(),
     lists_dir=config.data.lists_dir,
+    scale_range=tuple(config.data.scale_range),
+    rotate_range=tuple(config.data.rotate_range),
   )
   data_iter = iter(dataset)
 

@@ -108,3 +108,32 @@ def test_plan_checks_the_config_before_anything_is_built():
   assert plan.model == models.preset("hrnet_w48") and plan.luts.shape == (7, 256)
   derived = plan.to_json()["derived"]
   assert derived["train_datasets"] == list(RELABELED) and derived["total_steps"] == 600_000
+
+
+def test_augmentation_ranges_are_config_keys_that_reach_the_transforms(tmp_path, monkeypatch):
+  """The official scale_min/max 0.5/2.0 and rotate_min/max -10/10 are config.data keys."""
+  from mseg_jax.input_pipeline import batching, synthetic, transforms
+
+  config = mseg_3m.get_config("1080p")
+  assert tuple(config.data.scale_range) == (0.5, 2.0)
+  assert tuple(config.data.rotate_range) == (-10.0, 10.0)
+  seen = []
+  real = transforms.train_transforms
+
+  def record(short_size, crop_size, scale_range, rotate_range):
+    seen.append((scale_range, rotate_range))
+    return real(short_size, crop_size, scale_range, rotate_range)
+
+  monkeypatch.setattr(transforms, "train_transforms", record)
+  root = synthetic.write_synthetic(tmp_path, num_train=2, num_val=1, num_test=1, size=(32, 40))
+  batching.dataset_examples(
+    "cityscapes-19",
+    0,
+    data_root=root,
+    crop_size=17,
+    short_size=32,
+    seed=0,
+    scale_range=(0.9, 1.1),
+    rotate_range=(-2.0, 3.0),
+  )
+  assert seen == [((0.9, 1.1), (-2.0, 3.0))]
