@@ -24,7 +24,9 @@ def get_config(arg: str = "1080p") -> ml_collections.ConfigDict:
   config.data = dict(
     datasets=taxonomy.UNRELABELED_TRAIN_DATASETS,
     relabeled=True,  # train on the "-relabeled" masks (False: mseg-unrelabeled)
-    universal=True,  # labels mapped to the 194-class universal taxonomy
+    # labels mapped to the 194-class "universal" taxonomy, the 316-output "naive" merge, or
+    # ("dataset") kept in the one dataset's own taxonomy
+    taxonomy="universal",
     data_root=placeholder(str),
     roots={},  # {dataset: root} overrides of catalog.DEFAULT_ROOTS
     # mseg-api's mseg/dataset_lists: per-taxonomy lists (<lists_dir>/<name>/list/train.txt);
@@ -50,6 +52,11 @@ def get_config(arg: str = "1080p") -> ml_collections.ConfigDict:
     coordinator_address=placeholder(str),
     num_processes=placeholder(int),
     process_id=placeholder(int),
+  )
+  # Optional validation during training: single-scale mIoU on the first `limit` images of each
+  # dataset's val list every `every_steps` steps (0: off), in metrics.jsonl and TensorBoard.
+  config.validation = dict(
+    every_steps=0, datasets=(), limit=300, base_size=1080, crop=713, batch_size=8
   )
   config.eval = dict(
     datasets=(),

@@ -8,14 +8,9 @@ from an ImageNet ResNet-50 (deep stem) that the converter does not read, so init
 unless `--config.init.kind=finetune --config.init.checkpoint=DIR` (a converted PSPNet).
 """
 
-import importlib.util
-from pathlib import Path
-
 import ml_collections
 
-_spec = importlib.util.spec_from_file_location("mseg_3m", Path(__file__).with_name("mseg_3m.py"))
-mseg_3m = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(mseg_3m)
+from configs import mseg_3m
 
 
 def get_config(arg: str = "1080p") -> ml_collections.ConfigDict:

@@ -20,7 +20,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = mseg_3m.get_config("1080p")
   config.data.datasets = (name,)
   config.data.relabeled = False
-  config.data.universal = not mode
+  config.data.taxonomy = "dataset" if mode else "universal"
   config.batch_size = 32
   config.num_examples = 1_000_000
   return config

@@ -1,11 +1,14 @@
 """Segments an image, a directory of images or a video with the official test-time procedure.
 
   python -m mseg_jax.demo --checkpoint DIR --input IMAGE|DIR|VIDEO --output-dir OUT \
-      [--taxonomy universal|<dataset>] [--classes person,car,road] \
+      [--taxonomy universal|naive|<dataset>] [--classes person,car,road] \
       [--save-probabilities [full]] [--base-size 360] [--scales ms] [--crop 713]
 
-Writes OUT/gray/<stem>.png (uint8 label maps, lossless, in the chosen taxonomy) and
-OUT/overlay/<stem>.jpg (colour overlay with a legend of the classes present). A video gives
+The taxonomy is the model's own (universal, naive for a naive-merge model, or a dataset's), or
+a test dataset's for a universal or naive-merge model (regimes.output_regime). Writes
+OUT/gray/<stem>.png (label maps in that taxonomy, lossless: uint8, or uint16 past 256 classes
+as in the naive taxonomy) and OUT/overlay/<stem>.jpg (colour overlay with a legend of the
+classes present). A video gives
 OUT/gray/<stem>_<frame>.png per frame and OUT/<stem>_overlay.mp4. Defaults are the official
 demo's (base size 360, multi-scale, crop 713) and the model's own taxonomy (recorded in its
 checkpoint; universal for the released models).
@@ -172,8 +175,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--output-dir", required=True)
   parser.add_argument(
     "--taxonomy",
-    help="'universal' or a dataset whose classes to predict (e.g. camvid-11, cityscapes-19); "
-    "default: the model's own",
+    help="'universal', 'naive' or a dataset whose classes to predict (e.g. camvid-11, "
+    "cityscapes-19); default: the model's own",
   )
   parser.add_argument(
     "--classes",
@@ -223,6 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     scales=inference.scales_from_name(args.scales),
     crop=args.crop,
     projection=regime.projection,
+    predictable=regime.predictable,
     batch_size=args.batch_size or (2 if jax.default_backend() == "cpu" else 8),
     dtype=jnp.dtype(args.dtype),
   )

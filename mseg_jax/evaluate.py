@@ -1,17 +1,17 @@
 """Evaluates a model on dataset val splits with the official MSeg test-time procedure.
 
   python -m mseg_jax.evaluate --checkpoint DIR --datasets camvid-11,kitti-19 --data-root ROOT \
-      [--base-size 360 720 1080] [--scales ss|ms] [--regime zero_shot|oracle|training] \
+      [--base-size 360 720 1080] [--scales ss|ms] [--regime zero_shot|oracle|training|naive] \
       [--relabeled] [--lists-dir mseg-api/mseg/dataset_lists] [--roots NAME=PATH,...]
   python -m mseg_jax.evaluate --predictions DIR --datasets camvid-11 --data-root ROOT  # no model
 
 Regimes: see mseg_jax/regimes.py. The model's taxonomy (recorded in its checkpoint) must be the
-regime's: universal for zero_shot and training, the dataset's own for oracle. `--predictions DIR`
-scores label maps saved as DIR/<stem>.png (in the evaluation taxonomy, as --save-predictions
-writes them; the official `has_prediction` path) instead of running a model. `--relabeled`
-(training regime, for a model trained on relabeled data; --datasets names the unrelabeled
-datasets) also reads the labels of the same lines of `<dataset>-relabeled`'s list and scores
-with the official reward/penalty rule (`metrics.relabeled_reward_penalty`).
+regime's: universal for zero_shot and training, naive for naive, the dataset's own for oracle.
+`--predictions DIR` scores label maps saved as DIR/<stem>.png (in the evaluation taxonomy, as
+--save-predictions writes them; the official `has_prediction` path) instead of running a model.
+`--relabeled` (training regime, for a model trained on relabeled data; --datasets names the
+unrelabeled datasets) also reads the labels of the same lines of `<dataset>-relabeled`'s list
+and scores with the official reward/penalty rule (`metrics.relabeled_reward_penalty`).
 List files are `<dataset root>/list/val.txt`, or `<lists dir>/<dataset>/list/val.txt` with
 --lists-dir (mseg-api's per-taxonomy lists read in place).
 
@@ -232,6 +232,15 @@ def _fingerprint(variables) -> str:
   return digest.hexdigest()[:16]
 
 
+def _folder_fingerprint(directory: Path) -> str:
+  """Of the PNGs in `directory`: names, sizes and modification times (a changed file is new)."""
+  digest = hashlib.sha256(str(directory).encode())
+  for path in sorted(directory.glob("*.png")):
+    stat = path.stat()
+    digest.update(f"{path.name} {stat.st_size} {stat.st_mtime_ns}\n".encode())
+  return "predictions " + digest.hexdigest()[:16]
+
+
 class Terminated(KeyboardInterrupt):
   """SIGTERM during an evaluation: handled as Ctrl-C (progress saved), exits with 143."""
 
@@ -342,28 +351,30 @@ class Evaluator:
     fingerprint = (
       _fingerprint(variables)
       if self.predictions_dir is None
-      else f"predictions {self.predictions_dir}"
+      else _folder_fingerprint(self.predictions_dir)
     )
     self.key = spec.key(len(self.records), fingerprint)
     # Label ids a (relabeled) label may hold.
     self.label_classes = len(taxonomy.class_names(spec.dataset))
     if spec.relabeled:
       self.relabeled_classes = len(taxonomy.class_names(relabeled_name(spec.dataset)))
-    if self.predictions_dir is not None:
-      self.predictor = None
-      return
-    self.predictor = inference.Predictor(
-      model,
-      variables,
-      base_size=spec.base_size,
-      scales=spec.scales,
-      crop=spec.crop,
-      projection=self.regime.projection,
-      batch_size=batch_size,
-      dtype=jnp.dtype(spec.dtype),
-    )
+    self.predictor = None
+    if self.predictions_dir is None:
+      self.predictor = inference.Predictor(
+        model,
+        variables,
+        base_size=spec.base_size,
+        scales=spec.scales,
+        crop=spec.crop,
+        projection=self.regime.projection,
+        predictable=self.regime.predictable,
+        batch_size=batch_size,
+        dtype=jnp.dtype(spec.dtype),
+      )
 
-  def _load(self, record: Record) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+  def _load(
+    self, record: Record
+  ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
     image, label = sources.load_image(record.image), sources.load_label(record.label)
     sources.check_pair(image, label, record.label, self.label_classes)
     label_relabeled = None

@@ -7,7 +7,8 @@ run every crop and its horizontal flip in one batch, softmax (then, for a univer
 test dataset, sum the probabilities into the test classes), average each crop with its flip,
 average overlapping windows, remove the padding and resize the probability map to the raw image
 size (bilinear, half-pixel, no antialias = cv2 INTER_LINEAR). Scales are averaged in order and
-the argmax (ties to the first class) is the label map.
+the argmax (ties to the first class) is the label map: uint8, or uint16 past 256 classes (the
+official code casts to uint8).
 
 Compiled pieces, keyed by shape: the network per (batch, crop) — one for a whole dataset —
 and small window / accumulate / resize functions per image size. Crops never leave the device;
@@ -166,17 +167,26 @@ def _add(total: jax.Array, probs: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("num_scales",))
-def _mean_and_argmax(total: jax.Array, num_scales: int) -> tuple[jax.Array, jax.Array]:
+def _mean_and_argmax(
+  total: jax.Array, num_scales: int, predictable: jax.Array | None
+) -> tuple[jax.Array, jax.Array]:
+  """Mean over scales, and its argmax over the `predictable` classes (all if None) as uint8, or
+  uint16 past 256 classes."""
   probs = total / num_scales
-  return probs, jnp.argmax(probs, axis=-1).astype(jnp.uint8)
+  scores = probs if predictable is None else jnp.where(predictable, probs, -1.0)
+  labels = jnp.argmax(scores, axis=-1).astype(taxonomy.label_dtype(probs.shape[-1]))
+  return probs, labels
 
 
 class Predictor:
   """The official multi-scale, sliding-window, flip-averaged inference for one model.
 
-  `predictor(image)` takes a uint8 RGB image (H, W, 3) and returns the uint8 label map (H, W)
-  as a device array; `predictor.probs(image)` returns the (H, W, K) probabilities too.
-  `batch_size` windows (plus their flips: 2x the network batch) run per network call.
+  `predictor(image)` takes a uint8 RGB image (H, W, 3) and returns the label map (H, W) as a
+  device array (uint8, or uint16 past 256 classes: `taxonomy.label_dtype`);
+  `predictor.probs(image)` returns the (H, W, K) probabilities too. `batch_size` windows (plus
+  their flips: 2x the network batch) run per network call. Only the `predictable` classes (bool
+  (K,); default: with a `projection`, the classes some model output feeds, else all) are ever
+  predicted, as in the official zero-shot and naive-merge evaluations.
   """
 
   def __init__(
@@ -188,6 +198,7 @@ class Predictor:
     scales: Sequence[float] = SINGLE_SCALE,
     crop: int = 713,
     projection: np.ndarray | None = None,
+    predictable: np.ndarray | None = None,
     batch_size: int = 8,
     dtype=jnp.float32,
   ):
@@ -205,6 +216,9 @@ class Predictor:
     self.base_size, self.scales, self.crop = base_size, tuple(scales), crop
     self.batch_size = batch_size
     self.projection = None if projection is None else jnp.asarray(projection, jnp.float32)
+    if predictable is None and projection is not None:
+      predictable = np.asarray(projection).any(axis=0)
+    self.predictable = None if predictable is None else jnp.asarray(predictable, bool)
     self.net = compiled_net(model)
     self._counts: dict[Layout, jax.Array] = {}
 
@@ -235,7 +249,7 @@ class Predictor:
     return _finish_scale(total, self._counts_for(layout), layout, (raw_h, raw_w))
 
   def probs(self, image: np.ndarray) -> tuple[jax.Array, jax.Array]:
-    """uint8 RGB (H, W, 3) -> (probabilities (H, W, K) float32, labels (H, W) uint8)."""
+    """uint8 RGB (H, W, 3) -> (probabilities (H, W, K) float32, labels (H, W))."""
     if image.ndim != 3 or image.shape[2] != 3:
       raise ValueError(f"expected an RGB image (H, W, 3), got shape {image.shape}")
     image = np.asarray(image, np.float32)
@@ -243,8 +257,8 @@ class Predictor:
     for scale in self.scales:
       p = self.scale_probs(image, scale)
       total = p if total is None else _add(total, p)
-    return _mean_and_argmax(total, len(self.scales))
+    return _mean_and_argmax(total, len(self.scales), self.predictable)
 
   def __call__(self, image: np.ndarray) -> jax.Array:
-    """uint8 RGB (H, W, 3) -> uint8 label map (H, W), on device."""
+    """uint8 RGB (H, W, 3) -> label map (H, W), on device."""
     return self.probs(image)[1]

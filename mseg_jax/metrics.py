@@ -37,6 +37,7 @@ HMEAN_DATASETS = {
   "oracle": ("voc2012", "pascal-context-60", "camvid-11", "kitti-19", "scannet-20"),
   "training": UNRELABELED_TRAIN_DATASETS,
   "training+relabeled": UNRELABELED_TRAIN_DATASETS,
+  "naive": tuple(PAPER_DATASETS),
 }
 
 

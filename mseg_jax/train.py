@@ -45,6 +45,7 @@ State = dict[str, Any]  # {"step", "params", "batch_stats", "opt_state"}
 Batch = dict[str, jax.Array]  # {"image": uint8 NHWC, "label": uint8 NHW, "dataset": int32 N}
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+TAXONOMIES = ("universal", "naive", "dataset")  # config.data.taxonomy
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,20 +86,35 @@ def total_steps(config: ml_collections.ConfigDict) -> int:
 
 
 def label_luts(config: ml_collections.ConfigDict, datasets: tuple[str, ...]) -> np.ndarray:
-  """(n, 256) uint8 lookup tables to the training taxonomy: universal, or the identity."""
-  if config.data.universal:
+  """(n, 256) lookup tables to the training taxonomy (`data.taxonomy`): universal (uint8),
+  naive (uint16: naive ids reach 315), or the identity (one dataset's own taxonomy)."""
+  kind = config.data.taxonomy
+  if kind == "universal":
     return taxonomy.stacked_luts(datasets)
-  if len(datasets) != 1:
-    raise ValueError(
-      f"config.data.universal=False trains in one dataset's own taxonomy, "
-      f"got {len(datasets)} datasets {datasets}"
-    )
-  return np.arange(256, dtype=np.uint8)[None]
+  if kind == "naive":
+    unknown = [d for d in datasets if d not in taxonomy.UNRELABELED_TRAIN_DATASETS]
+    if unknown:
+      raise ValueError(
+        f"config.data.taxonomy='naive' merges the unrelabeled training datasets "
+        f"{taxonomy.UNRELABELED_TRAIN_DATASETS}, not {unknown} (config.data.relabeled=False)"
+      )
+    return np.stack([taxonomy.naive_lut(d) for d in datasets])
+  if kind == "dataset":
+    if len(datasets) != 1:
+      raise ValueError(
+        f"config.data.taxonomy='dataset' trains in one dataset's own taxonomy, "
+        f"got {len(datasets)} datasets {datasets}"
+      )
+    return np.arange(256, dtype=np.uint8)[None]
+  raise ValueError(f"config.data.taxonomy={kind!r}: use one of {', '.join(TAXONOMIES)}")
 
 
 def num_classes(config: ml_collections.ConfigDict, datasets: tuple[str, ...]) -> int:
-  if config.data.universal:
+  """The model's outputs in the training taxonomy."""
+  if config.data.taxonomy == "universal":
     return taxonomy.NUM_UNIVERSAL
+  if config.data.taxonomy == "naive":
+    return taxonomy.NAIVE_NUM_LOGITS
   return len(taxonomy.class_names(datasets[0]))
 
 
@@ -139,8 +155,9 @@ class Plan:
 
 
 def model_taxonomy(plan: Plan) -> str:
-  """The taxonomy the trained model predicts in: universal, or its one dataset's."""
-  return "universal" if plan.config.data.universal else plan.datasets[0]
+  """The taxonomy the trained model predicts in: universal, naive, or its one dataset's."""
+  kind = plan.config.data.taxonomy
+  return plan.datasets[0] if kind == "dataset" else kind
 
 
 def make_plan(config: ml_collections.ConfigDict) -> Plan:
@@ -162,6 +179,11 @@ def make_plan(config: ml_collections.ConfigDict) -> Plan:
       f"config.init.kind={config.init.kind!r} needs config.init.checkpoint: a "
       "model directory from tools/convert_torch_weights.py (--backbone-only for "
       "ImageNet HRNet weights), or set --config.init.kind=none"
+    )
+  validation = config.validation
+  if validation.every_steps and not validation.datasets:
+    raise ValueError(
+      f"config.validation.every_steps={validation.every_steps} needs config.validation.datasets"
     )
   datasets = train_datasets(config)
   return Plan(
@@ -249,13 +271,26 @@ def multi_dataset_loss(
   return loss, per_dataset, counts
 
 
+def dataset_pixel_accuracy(
+  logits: jax.Array, labels: jax.Array, dataset: jax.Array, num_datasets: int
+) -> jax.Array:
+  """(num_datasets,) correct / valid pixels of each dataset's crops (the official training log's
+  accuracy, one GPU per dataset); 0 for a dataset without valid pixels."""
+  valid = labels != taxonomy.IGNORE
+  correct = valid & (jnp.argmax(logits, axis=-1) == labels)
+  sums = jax.ops.segment_sum(correct.sum(axis=(1, 2), dtype=jnp.float32), dataset, num_datasets)
+  counts = jax.ops.segment_sum(valid.sum(axis=(1, 2), dtype=jnp.float32), dataset, num_datasets)
+  return sums / jnp.maximum(counts, 1.0)
+
+
 def forward_loss(
   params, batch_stats, batch: Batch, *, model: models.HRNet, luts: np.ndarray, rng=None
 ):
-  """Train-mode forward and loss. Returns (loss, (new batch_stats, per-dataset loss)).
+  """Train-mode forward and loss. Returns (loss, (new batch_stats, {"dataset_loss",
+  "dataset_pixel_acc"})), per-dataset loss and pixel accuracy.
 
   A PSPNet adds aux_weight x its aux head's loss (per dataset, as the main loss); `rng` draws
-  its dropout masks.
+  its dropout masks. The pixel accuracy is the main head's.
   """
   images = normalize(batch["image"], model.dtype)
   labels = taxonomy.remap_labels(batch["label"], luts, batch["dataset"])
@@ -263,7 +298,11 @@ def forward_loss(
   if not isinstance(model, models.PSPNet):
     logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
     loss, per_dataset, _ = multi_dataset_loss(logits, labels, batch["dataset"], luts.shape[0])
-    return loss, (updates["batch_stats"], per_dataset)
+    accuracy = dataset_pixel_accuracy(logits, labels, batch["dataset"], luts.shape[0])
+    return loss, (
+      updates["batch_stats"],
+      {"dataset_loss": per_dataset, "dataset_pixel_acc": accuracy},
+    )
   rngs = {} if rng is None else {"dropout": rng}
   (logits, aux), updates = model.apply(
     variables, images, train=True, return_aux=True, mutable=["batch_stats"], rngs=rngs
@@ -271,7 +310,11 @@ def forward_loss(
   main, main_per_dataset, _ = multi_dataset_loss(logits, labels, batch["dataset"], luts.shape[0])
   aux, aux_per_dataset, _ = multi_dataset_loss(aux, labels, batch["dataset"], luts.shape[0])
   weight = model.config.aux_weight
-  return main + weight * aux, (updates["batch_stats"], main_per_dataset + weight * aux_per_dataset)
+  accuracy = dataset_pixel_accuracy(logits, labels, batch["dataset"], luts.shape[0])
+  return main + weight * aux, (
+    updates["batch_stats"],
+    {"dataset_loss": main_per_dataset + weight * aux_per_dataset, "dataset_pixel_acc": accuracy},
+  )
 
 
 def apply_gradients(state: State, grads, batch_stats, *, tx: optax.GradientTransformation) -> State:
@@ -303,10 +346,12 @@ def train_step(
   grad_fn = jax.value_and_grad(
     functools.partial(forward_loss, model=model, luts=luts, rng=rng), has_aux=True
   )
-  (loss, (batch_stats, per_dataset)), grads = grad_fn(state["params"], state["batch_stats"], batch)
+  (loss, (batch_stats, dataset_metrics)), grads = grad_fn(
+    state["params"], state["batch_stats"], batch
+  )
   metrics = {
     "loss": loss,
-    "dataset_loss": per_dataset,
+    **dataset_metrics,
     "lr": schedule(state["step"]),
     "grad_norm": optax.tree.norm(grads),
   }
@@ -442,6 +487,7 @@ class _MetricsLog:
       "lr": float(values[-1]["lr"]),
       "grad_norm": float(values[-1]["grad_norm"]),
       "dataset_loss": [float(x) for x in np.mean([m["dataset_loss"] for m in values], 0)],
+      "dataset_pixel_acc": [float(x) for x in np.mean([m["dataset_pixel_acc"] for m in values], 0)],
       "images_per_s": (steps[-1] - first) * self._batch / (now - self._last_time),
     }
     self._last_time, self._last_step = now, steps[-1]
@@ -452,7 +498,17 @@ class _MetricsLog:
         self._writer.add_scalar(f"train/{key}", summary[key], summary["step"])
       for i, x in enumerate(summary["dataset_loss"]):
         self._writer.add_scalar(f"train/loss_dataset_{i}", x, summary["step"])
+      for i, x in enumerate(summary["dataset_pixel_acc"]):
+        self._writer.add_scalar(f"train/pixel_acc_dataset_{i}", x, summary["step"])
     return summary
+
+  def write_validation(self, step: int, mious: dict[str, float]) -> None:
+    """Validation mIoU per dataset, as {"step", "val_miou": {dataset: mIoU}}."""
+    if self._primary:
+      self._jsonl.write(json.dumps({"step": step, "val_miou": mious}) + "\n")
+      self._jsonl.flush()
+      for name, miou in mious.items():
+        self._writer.add_scalar(f"val/miou_{name}", miou, step)
 
   def reset_clock(self) -> None:
     self._last_time, self._last_step = time.perf_counter(), None
@@ -461,6 +517,42 @@ class _MetricsLog:
     if self._primary:
       self._writer.close()
       self._jsonl.close()
+
+
+def validation_regime(plan: Plan, dataset: str) -> str:
+  """The regime a model in the training taxonomy is validated in on `dataset`."""
+  kind = plan.config.data.taxonomy
+  if kind == "universal":
+    return "zero_shot" if dataset in taxonomy.TEST_DATASETS else "training"
+  return "naive" if kind == "naive" else "oracle"
+
+
+def validate(plan: Plan, model: models.HRNet, state: State) -> dict[str, float]:
+  """Single-scale mIoU of the current weights on the first `validation.limit` images of each
+  `validation.datasets` val list (nothing saved)."""
+  config, validation = plan.config, plan.config.validation
+  variables = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
+  mious = {}
+  for name in validation.datasets:
+    spec = evaluate_lib.Spec(
+      name,
+      regime=validation_regime(plan, name),
+      base_size=validation.base_size,
+      crop=validation.crop,
+      limit=validation.limit,
+    )
+    evaluator = evaluate_lib.Evaluator(
+      model,
+      variables,
+      spec,
+      config.data.data_root,
+      roots=config.data.roots.to_dict() or None,
+      lists_dir=config.data.lists_dir,
+      batch_size=validation.batch_size,
+      model_taxonomy=model_taxonomy(plan),
+    )
+    mious[name] = evaluator.run()["miou"]
+  return mious
 
 
 def train(plan: Plan, workdir: str | Path) -> tuple[models.HRNet, dict] | None:
@@ -571,6 +663,15 @@ def train(plan: Plan, workdir: str | Path) -> tuple[models.HRNet, dict] | None:
             lr=f"{summary['lr']:.2e}",
             img_s=f"{summary['images_per_s']:.1f}",
           )
+        if config.validation.every_steps and step % config.validation.every_steps == 0:
+          flush()
+          mious = validate(plan, model, state)
+          log.write_validation(step, mious)
+          note(
+            f"step {step}: validation mIoU "
+            + ", ".join(f"{k} {100 * v:.2f}" for k, v in mious.items())
+          )
+          log.reset_clock()
         if preemption.reached(step):
           note(f"SIGTERM at step {step}: saving a checkpoint; run the same command to resume")
           save(step)

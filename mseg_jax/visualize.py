@@ -12,9 +12,9 @@ _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
 def colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
-  """uint8 labels (H, W) -> RGB (H, W, 3) with `palette` (n, 3); ids >= n (255) are black."""
-  table = np.zeros((256, 3), np.uint8)
-  table[: len(palette)] = palette[:256]
+  """uint8/uint16 labels (H, W) -> RGB (H, W, 3) with `palette` (n, 3); ids >= n are black."""
+  table = np.zeros((max(256, len(palette), int(labels.max(initial=0)) + 1), 3), np.uint8)
+  table[: len(palette)] = palette
   return table[labels]
 
 

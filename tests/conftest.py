@@ -1,6 +1,8 @@
 """Shared test fixtures and helpers: where ../shared lives, absl flags for grain, a tiny HRNet."""
 
 import os
+import struct
+import zipfile
 from pathlib import Path
 
 import jax
@@ -75,15 +77,46 @@ def random_variables(config, seed: int = 0) -> dict:
   return jax.tree_util.tree_map_with_path(fill, abstract_variables(config))
 
 
-def write_tiny_checkpoint(directory: Path, num_classes: int = 194) -> Path:
-  """A tiny random HRNet in the model format, with a few universal classes favoured so that
-  predictions are not all one class."""
+def write_tiny_checkpoint(directory: Path, num_classes: int = 194, favoured=None) -> Path:
+  """A tiny random HRNet in the model format. The `favoured` class ids (default: universal
+  road, sky, building and car) get +3 on their logits so that predictions are not all one class."""
   from mseg_jax import models, taxonomy
 
+  if favoured is None:
+    favoured = [taxonomy.universal_id(n) for n in ("road", "sky", "building", "car")]
   config = tiny_hrnet_config(num_classes)
   variables = random_variables(config)
-  if num_classes == taxonomy.NUM_UNIVERSAL:
-    bias = variables["params"]["last_layer.3"]["bias"]
-    bias[[taxonomy.universal_id(n) for n in ("road", "sky", "building", "car")]] += 3.0
+  variables["params"]["last_layer.3"]["bias"][list(favoured)] += 3.0
   models.save_checkpoint(directory, config, variables)
   return directory
+
+
+def write_torch_checkpoint(path: Path, state_dict: dict) -> Path:
+  """torch.save's zip format of {"state_dict": OrderedDict(name: float32 tensor)}, pickled by
+  hand with the opcodes torch writes (protocol 2), so that no torch is needed."""
+
+  def text(s: str) -> bytes:
+    data = s.encode()
+    return b"X" + struct.pack("<I", len(data)) + data
+
+  def ints(values) -> bytes:
+    return b"(" + b"".join(b"J" + struct.pack("<i", int(v)) for v in values) + b"t"
+
+  ordered_dict = b"ccollections\nOrderedDict\n)R"
+  items, storages = [], {}
+  for i, (name, value) in enumerate(state_dict.items()):
+    value = np.asarray(value, np.float32, order="C")
+    storages[str(i)] = value.tobytes()
+    storage = b"(" + text("storage") + b"ctorch\nFloatStorage\n" + text(str(i)) + text("cpu")
+    storage += b"J" + struct.pack("<i", value.size) + b"tQ"  # persistent id
+    strides = [stride // value.itemsize for stride in value.strides]
+    tensor = b"ctorch._utils\n_rebuild_tensor_v2\n(" + storage + b"J\x00\x00\x00\x00"
+    tensor += ints(value.shape) + ints(strides) + b"\x89" + ordered_dict + b"tR"
+    items.append(text(name) + tensor)
+  data = b"\x80\x02}(" + text("state_dict") + ordered_dict + b"(" + b"".join(items) + b"uu."
+  with zipfile.ZipFile(path, "w") as archive:
+    archive.writestr("archive/data.pkl", data)
+    archive.writestr("archive/byteorder", "little")
+    for key, raw in storages.items():
+      archive.writestr(f"archive/data/{key}", raw)
+  return path

@@ -28,9 +28,9 @@ def checkpoint(tmp_path_factory):
   return str(write_tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny"))
 
 
-def _gray(path, shape, num_classes):
+def _gray(path, shape, num_classes, dtype=np.uint8):
   labels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-  assert labels.dtype == np.uint8 and labels.shape == shape and labels.max() < num_classes
+  assert labels.dtype == dtype and labels.shape == shape and labels.max() < num_classes
   return labels
 
 
@@ -183,3 +183,44 @@ def test_training_taxonomy_output_with_classes_and_probabilities(images, checkpo
   reachable = np.isin(universal, lut[:19])  # there the universal argmax survives the projection
   assert reachable.any()
   np.testing.assert_array_equal(lut[projected][reachable], universal[reachable])
+
+
+@pytest.fixture(scope="module")
+def naive_checkpoint(tmp_path_factory):
+  directory = tmp_path_factory.mktemp("model") / "naive"
+  return str(write_tiny_checkpoint(directory, taxonomy.NAIVE_NUM_LOGITS, favoured=()))
+
+
+def test_naive_model_in_the_naive_taxonomy_writes_ids_past_255(images, naive_checkpoint, tmp_path):
+  demo.main(
+    [
+      "--checkpoint",
+      naive_checkpoint,
+      "--input",
+      str(images[0].parent),
+      "--output-dir",
+      str(tmp_path),
+      "--taxonomy",
+      "naive",
+      *FAST,
+    ]
+  )
+  ids = set()
+  for path in images:
+    gray = _gray(tmp_path / "gray" / f"{path.stem}.png", (96, 128), 316, np.uint16)
+    ids |= set(np.unique(gray).tolist())
+  assert max(ids) > 255 and 255 not in ids  # logit 255 is no class
+
+
+def test_naive_model_in_a_test_taxonomy_never_predicts_an_unfed_class(
+  images, naive_checkpoint, tmp_path
+):
+  args = ["--checkpoint", naive_checkpoint, "--input", str(images[0].parent)]
+  demo.main([*args, "--output-dir", str(tmp_path), "--taxonomy", "camvid-11", *FAST])
+  unfed = np.flatnonzero(~taxonomy.naive_projection_matrix("camvid-11").any(axis=0))
+  assert len(unfed) == 3
+  for path in images:
+    gray = _gray(tmp_path / "gray" / f"{path.stem}.png", (96, 128), 11)
+    assert not np.isin(gray, unfed).any()
+  with pytest.raises(SystemExit):  # a naive model has no universal outputs
+    demo.main([*args, "--output-dir", str(tmp_path / "u"), "--taxonomy", "universal", *FAST])

@@ -6,12 +6,21 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
+import jax
 import numpy as np
 import pytest
-from conftest import write_tiny_checkpoint
+from conftest import (
+  REPO,
+  random_variables,
+  tiny_hrnet_config,
+  write_tiny_checkpoint,
+  write_torch_checkpoint,
+)
 
 from mseg_jax import evaluate, inference, models, taxonomy
 from mseg_jax.input_pipeline import catalog, sources, synthetic
@@ -406,3 +415,76 @@ def test_sigterm_saves_progress_like_ctrl_c(data_root, checkpoint, tmp_path, mon
   assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
   done = int(np.load(out / "camvid-11" / "64" / "ss" / "partial.npz")["done"])
   assert 2 <= done <= 3  # the image in flight when the signal came may be counted
+
+
+def test_naive_checkpoint_in_the_official_format_converts_and_evaluates_zero_shot(
+  data_root, tmp_path, capsys
+):
+  """A 316-output HRNet saved as a released .pth, converted by the tool and evaluated on
+  camvid-11 in the naive regime: the mIoU is the official numpy mIoU of the saved predictions;
+  Bicyclist comes from naive logit 278 (past 255); the camvid-11 classes without a naive source
+  are never predicted."""
+  naive = taxonomy.class_names("naive")
+  favoured = [naive.index(n) for n in ("road", "sky", "building", "car", "bicyclist")]
+  assert favoured[-1] > 255
+  model, variables = models.load_checkpoint(
+    write_tiny_checkpoint(tmp_path / "tiny", taxonomy.NAIVE_NUM_LOGITS, favoured)
+  )
+  state_dict = models.variables_to_state_dict(variables)
+  pth = write_torch_checkpoint(
+    tmp_path / "naive.pth", {f"module.{k}": v for k, v in state_dict.items()}
+  )
+  converted = tmp_path / "naive"
+  tool = [sys.executable, str(REPO / "tools" / "convert_torch_weights.py")]
+  proc = subprocess.run(
+    [*tool, "--input", str(pth), "--output", str(converted)], capture_output=True, text=True
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  converted_model, converted_variables = models.load_checkpoint(converted)
+  assert converted_model.config == model.config and model.config.num_classes == 316
+  for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(converted_variables), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+  out = tmp_path / "eval"
+  args = ["--checkpoint", str(converted), "--datasets", "camvid-11", "--data-root", str(data_root)]
+  args += ["--regime", "naive", "--base-size", "64", "--crop", "65", "--batch-size", "2"]
+  evaluate.main([*args, "--out-dir", str(out), "--save-predictions"])
+  assert "| naive | naive | ss |" in capsys.readouterr().out
+  r = json.loads((out / "camvid-11" / "64" / "ss" / "results.json").read_text())
+  gray = out / "camvid-11" / "64" / "ss" / "gray"
+  miou, pixel_acc = official_miou(gray, data_root, "camvid-11", 11)
+  assert r["regime"] == "naive" and r["miou"] == pytest.approx(miou, abs=1e-9)
+  assert r["pixel_acc"] == pytest.approx(pixel_acc, abs=1e-9)
+  predicted = set()
+  for path in gray.glob("*.png"):
+    predicted |= set(np.unique(cv2.imread(str(path), cv2.IMREAD_UNCHANGED)).tolist())
+  fed = taxonomy.naive_projection_matrix("camvid-11").any(axis=0)
+  unfed = {taxonomy.class_id("camvid-11", n) for n in ("SignSymbol", "Pedestrian", "Column_Pole")}
+  assert set(np.flatnonzero(~fed).tolist()) == unfed
+  assert taxonomy.class_id("camvid-11", "Bicyclist") in predicted and not predicted & unfed
+
+
+def test_model_name_defaults_to_the_name_the_checkpoint_records(data_root, tmp_path):
+  """A training run records its workdir's name in workdir/model: the table rows say the run."""
+  config = tiny_hrnet_config()
+  models.save_checkpoint(tmp_path / "model", config, random_variables(config), name="run7")
+  evaluate.main(
+    [
+      "--checkpoint",
+      str(tmp_path / "model"),
+      "--datasets",
+      "camvid-11",
+      "--data-root",
+      str(data_root),
+      "--limit",
+      "1",
+      "--base-size",
+      "64",
+      "--crop",
+      "65",
+      "--batch-size",
+      "2",
+    ]
+  )
+  summary = json.loads((tmp_path / "model" / "eval" / "results.json").read_text())
+  assert [row["model"] for row in summary["paper"]] == ["run7"]

@@ -246,3 +246,26 @@ def test_net_process_equals_golden_flip_averaged_probabilities(golden_small):
   np.testing.assert_allclose(got, expected, atol=5e-5, rtol=0)  # measured 1.3e-5
   np.testing.assert_allclose(np.asarray(full).transpose(2, 0, 1), expected, atol=5e-5, rtol=0)
   assert np.mean(np.asarray(labels) == expected.argmax(0)) > 0.999
+
+
+def test_labels_past_255_are_uint16_and_unpredictable_classes_never_win():
+  """300 classes with class 280 far ahead: the label map holds 280 as uint16 (no wrap), or never
+  280 when it is not predictable. Projected, every other class's probability underflows to 0:
+  the argmax still picks a test class that some output feeds, never an unfed one."""
+  model, variables = _model(kernel=1, num_classes=300)
+  conv = variables["params"]["Conv_0"]
+  variables = {"params": {"Conv_0": {**conv, "bias": conv["bias"].at[280].add(200.0)}}}
+  image = _image(20, 30, seed=4)
+
+  def predict(**kwargs):
+    predictor = inference.Predictor(model, variables, base_size=20, crop=33, **kwargs)
+    return np.asarray(predictor(image))
+
+  labels = predict()
+  assert labels.dtype == np.uint16 and (labels == 280).all()
+  labels = predict(predictable=np.arange(300) != 280)
+  assert labels.dtype == np.uint16 and not (labels == 280).any()
+  projection = np.zeros((300, 3), np.float32)
+  projection[:280, 2] = 1  # test classes 0 and 1 have no source; class 2 gets 0 (underflow)
+  labels = predict(projection=projection)
+  assert labels.dtype == np.uint8 and (labels == 2).all()

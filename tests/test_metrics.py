@@ -267,3 +267,14 @@ def test_paper_rows_have_arithmetic_and_geometric_means_and_a_latex_table():
   assert latex[2].split(" & ")[-3:] == ["h.mean", "a.mean", "g.mean \\\\"]
   cells = [c.strip() for c in row_line.split("|")[1:-1]]
   assert latex[4] == " & ".join(["m\\_1", "zero\\_shot", *cells[2:]]) + " \\\\"
+
+
+def test_naive_merge_gets_its_own_row_with_the_zero_shot_harmonic_mean():
+  values = {d: 0.3 + 0.05 * i for i, d in enumerate(metrics.PAPER_DATASETS)}
+  results = [_result(d, 0.9) for d in values]  # the universal model, zero-shot
+  results += [dict(_result(d, v), regime="naive") for d, v in values.items()]
+  rows = metrics.paper_rows(results)
+  assert [row["regime"] for row in rows] == ["zero_shot", "naive"]
+  assert rows[1]["miou"] == values
+  assert rows[1]["hmean"] == pytest.approx(6 / sum(1 / v for v in values.values()))
+  assert "| m | naive | ss |" in metrics.markdown_table(results)

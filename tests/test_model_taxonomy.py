@@ -31,7 +31,7 @@ def test_checkpoint_records_taxonomy_and_name(tmp_path):
   models.save_checkpoint(
     tmp_path / "model", config, random_variables(config), taxonomy="voc2012", name="run7"
   )
-  assert models.checkpoint_info(tmp_path / "model") == models.Info("voc2012", "run7")
+  assert models.checkpoint_info(tmp_path / "model") == models.CheckpointInfo("voc2012", "run7")
 
 
 def _drop_fields(directory):
@@ -46,13 +46,13 @@ def test_older_checkpoints_load_with_taxonomy_from_an_unambiguous_class_count(tm
   universal = write_tiny_checkpoint(tmp_path / "universal")
   _drop_fields(universal)
   models.load_checkpoint(universal)
-  assert models.checkpoint_info(universal) == models.Info("universal", "universal")
+  assert models.checkpoint_info(universal) == models.CheckpointInfo("universal", "universal")
   ambiguous = tmp_path / "ambiguous"
   config = tiny_hrnet_config(21)
   models.save_checkpoint(ambiguous, config, random_variables(config), taxonomy="voc2012")
   _drop_fields(ambiguous)
   models.load_checkpoint(ambiguous)
-  assert models.checkpoint_info(ambiguous) == models.Info(None, "ambiguous")
+  assert models.checkpoint_info(ambiguous) == models.CheckpointInfo(None, "ambiguous")
 
 
 def test_converter_infers_an_unambiguous_taxonomy_and_asks_otherwise(tmp_path, capsys):

@@ -2,7 +2,6 @@
 strictly, trains with its aux loss and 10x head lr, and runs in the Predictor."""
 
 import functools
-import importlib.util
 import json
 
 import jax
@@ -10,9 +9,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from conftest import REPO, shared_path
+from conftest import shared_path
 from test_models import FAST_COMPILE, nhwc, regenerate_golden_state_dict, relative_error
 
+from configs import pspnet
 from mseg_jax import inference, models, train
 
 SIZES = ("65x65", "73x105")
@@ -21,10 +21,7 @@ AUX_KEY = {"aux_eval_eighth": "aux_eighth"}  # golden name -> ours
 
 
 def pspnet_config(arg: str = "1080p") -> ml_collections.ConfigDict:
-  spec = importlib.util.spec_from_file_location("pspnet_config", REPO / "configs" / "pspnet.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return pspnet.get_config(arg)
 
 
 @pytest.fixture(scope="module")
@@ -272,7 +269,9 @@ def test_lr_multipliers_scale_the_head_updates_as_torch_param_groups():
 
 
 def test_pspnet_config_is_mseg_3m_with_the_official_pspnet_parts():
-  config = train.resolved_config(pspnet_config())
+  config = pspnet_config()
+  config.data.data_root = "/data"
+  config = train.make_plan(config).to_json()
   assert config["derived"]["architecture"] == "pspnet"
   assert config["derived"]["model"] == models.preset("pspnet50").to_dict()
   assert config["optim"]["lr_multipliers"] == {"ppm": 10.0, "cls": 10.0, "aux": 10.0}

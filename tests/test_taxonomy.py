@@ -527,3 +527,15 @@ def test_cli(capsys):
   assert re.search(r"^0\s+unlabeled\s+\(ignored\)$", capsys.readouterr().out, re.M)
   assert cli.main(["classes", "nope"]) == 2
   assert "unknown dataset 'nope'" in capsys.readouterr().err
+
+
+def test_naive_logits_are_named_and_remapped_past_255_without_wrapping():
+  names = tx.class_names("naive")
+  assert len(names) == tx.NAIVE_NUM_LOGITS and names[255] == tx.NAIVE_UNUSED
+  assert names[:255] + names[256:] == tx.naive_names()
+  luts = np.stack([tx.naive_lut(d) for d in tx.UNRELABELED_TRAIN_DATASETS])
+  labels = np.broadcast_to(np.arange(256, dtype=np.uint8), (7, 1, 256))
+  out = np.asarray(tx.remap_labels(labels, luts, np.arange(7)))
+  assert out.dtype == np.uint16 and out.max() > 255
+  np.testing.assert_array_equal(out[:, 0], luts)
+  assert tx.label_dtype(256) == np.uint8 and tx.label_dtype(316) == np.uint16

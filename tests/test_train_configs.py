@@ -2,8 +2,10 @@
 
 import numpy as np
 import pytest
+import yaml
+from conftest import shared_path
 
-from configs import mseg_1m, mseg_3m, single_dataset
+from configs import mseg_1m, mseg_3m, mseg_naive, single_dataset
 from mseg_jax import models, taxonomy, train
 
 # DATA.dataset of config/train/1080_release/mseg-unrelabeled.yaml and mseg-relabeled-3m.yaml
@@ -137,3 +139,59 @@ def test_augmentation_ranges_are_config_keys_that_reach_the_transforms(tmp_path,
     rotate_range=(-2.0, 3.0),
   )
   assert seen == [((0.9, 1.1), (-2.0, 3.0))]
+
+
+def test_naive_baseline_mirrors_the_official_yaml():
+  path = shared_path(
+    "reference",
+    "mseg-semantic",
+    "mseg_semantic",
+    "config",
+    "train",
+    "1080_release",
+    "mseg-naive-baseline.yaml",
+  )
+  official = yaml.safe_load(path.read_text())
+  config = mseg_naive.get_config()
+  assert official["TRAIN"]["use_naive_taxonomy"] and config.data.taxonomy == "naive"
+  assert train.train_datasets(config) == tuple(official["DATA"]["dataset"]) == UNRELABELED
+  assert config.data.crop_size == official["TRAIN"]["train_h"] == official["TRAIN"]["train_w"]
+  assert config.data.short_size == official["TRAIN"]["short_size"]
+  assert config.batch_size == official["TRAIN"]["batch_size"]
+  assert config.num_examples == official["TRAIN"]["num_examples"]
+  for key in ("base_lr", "momentum", "weight_decay", "power"):
+    assert config.optim[key] == official["TRAIN"][key], key
+  config.data.data_root, config.init.kind = "/data", "none"
+  plan = train.make_plan(config)
+  assert plan.total_steps == 250_000 and plan.model.num_classes == taxonomy.NAIVE_NUM_LOGITS
+  assert plan.luts.dtype == np.uint16 and plan.luts.shape == (7, 256)
+  np.testing.assert_array_equal(plan.luts[2], taxonomy.naive_lut("cityscapes-19"))
+  assert plan.luts[:, :255].max() > 255 and (plan.luts[:, 255] == 255).all()
+  config.data.relabeled = True
+  with pytest.raises(ValueError, match="taxonomy='naive' merges the unrelabeled"):
+    train.make_plan(config)
+
+
+def test_validation_is_off_by_default_and_needs_datasets_when_on():
+  config = mseg_3m.get_config("1080p")
+  assert config.validation.every_steps == 0
+  config.data.data_root = "/data"
+  config.init.kind = "none"
+  config.validation.every_steps = 100
+  with pytest.raises(
+    ValueError, match="validation.every_steps=100 needs config.validation.datasets"
+  ):
+    train.make_plan(config)
+  config.validation.datasets = ("camvid-11", "cityscapes-19")
+  plan = train.make_plan(config)
+  assert [train.validation_regime(plan, d) for d in config.validation.datasets] == [
+    "zero_shot",
+    "training",
+  ]
+  assert train.model_taxonomy(plan) == "universal"
+  oracle = single_dataset.get_config("camvid-11,oracle")
+  oracle.data.data_root = "/data"
+  oracle.init.kind = "none"
+  plan = train.make_plan(oracle)
+  assert train.model_taxonomy(plan) == "camvid-11"
+  assert train.validation_regime(plan, "camvid-11") == "oracle"

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from mseg_jax import models
+from mseg_jax import models, taxonomy
 from mseg_jax.input_pipeline import catalog, sources, synthetic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,14 +162,60 @@ def _majority_miou(data_root: Path, dataset: str, num_classes: int) -> float:
 
 
 def test_demo_learns_and_beats_the_majority_class_zero_shot(tmp_path, env):
-  """configs/demo.py, shortened: makes its data, trains, evaluates zero-shot on camvid-11."""
+  """configs/demo.py, shortened: makes its data, trains, evaluates zero-shot on camvid-11; with
+  validation every 30 steps and the training pixel accuracy per dataset in metrics.jsonl."""
   workdir, data_root = tmp_path / "demo", tmp_path / "data"  # missing: the demo writes it
-  proc = _run(_command(workdir, data_root, "--config.total_steps=60"), env)
+  validation = [
+    "--config.validation.every_steps=30",
+    "--config.validation.datasets=('camvid-11',)",
+    "--config.validation.limit=2",
+    "--config.validation.base_size=64",
+    "--config.validation.crop=65",
+    "--config.validation.batch_size=2",
+  ]
+  proc = _run(_command(workdir, data_root, "--config.total_steps=60", *validation), env)
   assert catalog.list_path(data_root, "camvid-11", "val").exists()
-  losses = [m["loss"] for m in _metrics(workdir)]
+  logged = _metrics(workdir)
+  train_lines = [m for m in logged if "loss" in m]
+  losses = [m["loss"] for m in train_lines]
   assert losses[-1] < 0.6 * losses[0], losses
+  accuracy = np.array([m["dataset_pixel_acc"] for m in train_lines])
+  assert accuracy.shape[1] == 3 and ((0 <= accuracy) & (accuracy <= 1)).all()
+  assert (accuracy[-1] > accuracy[0]).all(), accuracy  # each dataset's accuracy improved
+  val_lines = [m for m in logged if "val_miou" in m]
+  assert [m["step"] for m in val_lines] == [30, 60]
+  assert all(0 <= m["val_miou"]["camvid-11"] <= 1 for m in val_lines)
   result = json.loads((workdir / "eval" / "camvid-11" / "results.json").read_text())
   assert "| demo | zero_shot |" in proc.stdout  # the printed result table
   baseline = _majority_miou(data_root, "camvid-11", len(result["class_names"]))
   assert result["miou"] > baseline + 0.05, (result["miou"], baseline)
   assert (workdir / "config.json").exists() and list((workdir / "tensorboard").iterdir())
+
+
+def test_demo_trains_in_the_naive_taxonomy_and_evaluates_it_zero_shot(tmp_path, data_root, env):
+  """configs/demo.py with data.taxonomy=naive: 316 outputs, labels mapped past 255, then the
+  naive regime on camvid-11."""
+  workdir = tmp_path / "naive"
+  proc = _run(
+    _command(
+      workdir,
+      data_root,
+      *[arg for arg in TINY if not arg.startswith("--config.eval.datasets")],
+      "--config.data.taxonomy=naive",
+      "--config.total_steps=12",
+      "--config.log_every=1",
+      "--config.eval.regime=naive",
+      "--config.eval.datasets=('camvid-11',)",
+      "--config.eval.limit=2",
+    ),
+    env,
+  )
+  losses = [m["loss"] for m in _metrics(workdir)]
+  assert len(losses) == 12 and np.isfinite(losses).all() and losses[-1] < losses[0], losses
+  model, _ = models.load_checkpoint(workdir / "model")
+  assert model.config.num_classes == taxonomy.NAIVE_NUM_LOGITS == 316
+  derived = json.loads((workdir / "config.json").read_text())["derived"]
+  assert derived["model"]["num_classes"] == 316
+  result = json.loads((workdir / "eval" / "camvid-11" / "results.json").read_text())
+  assert result["regime"] == "naive" and result["num_images"] == 2
+  assert "| naive | naive |" in proc.stdout  # model (workdir name) and regime

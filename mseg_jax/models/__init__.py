@@ -2,7 +2,12 @@
 conversion."""
 
 from mseg_jax.models.build import architecture, build, config_from_dict, preset
-from mseg_jax.models.checkpoint import Info, checkpoint_info, load_checkpoint, save_checkpoint
+from mseg_jax.models.checkpoint import (
+  CheckpointInfo,
+  checkpoint_info,
+  load_checkpoint,
+  save_checkpoint,
+)
 from mseg_jax.models.convert import (
   ConversionError,
   backbone_to_variables,
@@ -27,7 +32,7 @@ __all__ = [
   "ConversionError",
   "HRNet",
   "HRNetConfig",
-  "Info",
+  "CheckpointInfo",
   "PRETRAINED_KINDS",
   "PSPNet",
   "PSPNetConfig",

@@ -24,7 +24,7 @@ CONFIG_FILE = "config.json"
 VARIABLES_DIR = "variables"
 
 
-class Info(NamedTuple):
+class CheckpointInfo(NamedTuple):
   """What a checkpoint records about its model besides the weights."""
 
   taxonomy: str | None  # universal, naive or a dataset name; None: unknown (older checkpoint)
@@ -78,7 +78,7 @@ def _meta(directory: Path) -> dict[str, Any]:
     raise ValueError(f"{config_file}: invalid model config: {e!r}") from e
 
 
-def checkpoint_info(directory: str | Path) -> Info:
+def checkpoint_info(directory: str | Path) -> CheckpointInfo:
   """The taxonomy and name a checkpoint records (see the module docstring for older ones)."""
   directory = Path(directory).absolute()
   meta = _meta(directory)
@@ -93,7 +93,7 @@ def checkpoint_info(directory: str | Path) -> Info:
     taxonomy = candidates[0] if len(candidates) == 1 else None
   else:
     outputs.check_taxonomy(taxonomy, num_classes, where)
-  return Info(taxonomy, meta.get("name") or directory.name)
+  return CheckpointInfo(taxonomy, meta.get("name") or directory.name)
 
 
 def load_checkpoint(

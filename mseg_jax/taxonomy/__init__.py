@@ -17,6 +17,7 @@ from mseg_jax.taxonomy.ops import IGNORE, project_probs, remap_labels
 
 __all__ = [
   "DATA_FILE",
+  "NAIVE",
   "FORMAT",
   "IGNORE",
   "NUM_UNIVERSAL",
@@ -29,6 +30,7 @@ __all__ = [
   "dataset_names",
   "class_names",
   "class_id",
+  "label_dtype",
   "universal_id",
   "to_universal_lut",
   "stacked_luts",
@@ -39,6 +41,7 @@ __all__ = [
   "pairwise_lut",
   "pairwise_pairs",
   "naive_names",
+  "naive_logit_names",
   "naive_lut",
   "naive_projection_matrix",
   "palette",
@@ -49,6 +52,8 @@ DATA_FILE = Path(
 )
 FORMAT = "mseg-jax taxonomy 1"  # of taxonomy.json (written by taxonomy/importer.py)
 UNIVERSAL = "universal"
+NAIVE = "naive"  # the naive-merge model's output taxonomy (`naive_logit_names`)
+NAIVE_UNUSED = "(unused)"  # the name of its logit 255
 
 
 @functools.cache
@@ -89,9 +94,11 @@ def dataset_names() -> list[str]:
 
 
 def class_names(dataset: str) -> list[str]:
-  """Class names of `dataset` (one of `dataset_names()` or "universal"); index = label id."""
+  """Class names of `dataset` (one of `dataset_names()`, "universal" or "naive"); index = id."""
   if dataset == UNIVERSAL:
     return universal_names()
+  if dataset == NAIVE:
+    return naive_logit_names()
   _choose("dataset", dataset, dataset_names())
   return list(_data()["classes"][dataset])
 
@@ -173,6 +180,21 @@ def naive_names() -> list[str]:
 
 def _naive_logit(i: int) -> int:
   return i if i < IGNORE else i + 1  # mseg-api skips logit 255
+
+
+def naive_logit_names() -> list[str]:
+  """The naive model's NAIVE_NUM_LOGITS output names: `naive_names` with NAIVE_UNUSED at 255."""
+  names = naive_names()
+  return names[:IGNORE] + [NAIVE_UNUSED] + names[IGNORE:] if len(names) > IGNORE else names
+
+
+def label_dtype(num_classes: int) -> np.dtype:
+  """The unsigned dtype of label maps with `num_classes` ids: uint8 up to 256, else uint16."""
+  if num_classes <= 256:
+    return np.dtype(np.uint8)
+  if num_classes <= 65536:
+    return np.dtype(np.uint16)
+  raise ValueError(f"{num_classes} classes do not fit a uint16 label map")
 
 
 def naive_lut(dataset: str) -> np.ndarray:

@@ -30,7 +30,8 @@ def remap_labels(
       `labels` (N, ...).
 
   Returns:
-    lut[labels] in the table's dtype (uint8 for our LUTs); ids >= L become 255.
+    lut[labels] in the table's dtype (uint8 for the universal LUTs, uint16 for the naive ones);
+    ids >= L become 255.
   """
   lut = jnp.asarray(lut)
   if dataset_index is None:
