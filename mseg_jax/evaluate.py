@@ -611,14 +611,17 @@ def main(argv: list[str] | None = None) -> None:
               model_taxonomy=model_taxonomy,
               predictions_dir=args.predictions,
             )
-          except ValueError as e:
+          except (ValueError, FileNotFoundError) as e:
             parser.error(str(e))
-          result = evaluator.run(
-            out_dir / dataset / str(base_size) / run_name,
-            save_predictions=args.save_predictions,
-            save_overlays=args.save_overlays,
-            save_probabilities=args.save_probabilities,
-          )
+          try:
+            result = evaluator.run(
+              out_dir / dataset / str(base_size) / run_name,
+              save_predictions=args.save_predictions,
+              save_overlays=args.save_overlays,
+              save_probabilities=args.save_probabilities,
+            )
+          except sources.InputError as e:
+            sys.exit(f"mseg_jax.evaluate: error: {e}")
           print(
             f"{dataset} base {base_size} {run_name}: mIoU {100 * result['miou']:.2f} "
             f"(present classes {100 * result['miou_present']:.2f}), "
