@@ -40,7 +40,7 @@ def write_dataset(root: Path, count: int) -> None:
     )
     cv2.imwrite(str(data / f"lab/{i}.png"), inverse[universal])
     lines.append(f"img/{i}.jpg lab/{i}.png\n")
-  catalog.list_path(root, DATASET, "train").parent.mkdir()
+  catalog.list_path(root, DATASET, "train").parent.mkdir(parents=True)
   catalog.list_path(root, DATASET, "train").write_text("".join(lines))
 
 

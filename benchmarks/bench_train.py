@@ -7,6 +7,12 @@ random uint8 batch of 7 datasets' labels. Prints compile time, step time (median
 images/s, the host time per step (building the global batch + dispatching the step, which
 overlaps the device work) and memory: XLA's buffer analysis of the step, the process's peak
 RSS and, on GPU, the device's peak bytes in use.
+
+  python benchmarks/bench_train.py --preset small --crop 129 --batch 7 --mgda compare
+
+`--mgda on` times the MGDA step instead (one backward per dataset, `--tasks-per-pass` at a
+time, 0 = all at once); `--mgda compare` times the plain step, then the MGDA step, and prints
+MGDA's step time over the plain one.
 """
 
 import argparse
@@ -31,10 +37,29 @@ def main() -> None:
   parser.add_argument("--batch", type=int, default=2, help="global batch")
   parser.add_argument("--dtype", choices=sorted(train.DTYPES), default="float32")
   parser.add_argument("--steps", type=int, default=3)
+  parser.add_argument("--mgda", choices=("off", "on", "compare"), default="off")
+  parser.add_argument("--tasks-per-pass", type=int, default=1, help="MGDA; 0: all at once")
   args = parser.parse_args()
 
   mesh = train.make_mesh()
   jax.set_mesh(mesh)
+  print(
+    f"device: {jax.devices()[0].device_kind} x{jax.device_count()}  model: {args.preset}  "
+    f"crop: {args.crop}  batch: {args.batch}  dtype: {args.dtype}"
+  )
+  mgda_options = dict(normalization="none", tasks_per_pass=args.tasks_per_pass)
+  modes = {"off": [None], "on": [mgda_options], "compare": [None, mgda_options]}[args.mgda]
+  medians = [time_step(args, mesh, options) for options in modes]
+  if len(medians) == 2:
+    print(f"MGDA step / plain step: {medians[1] / medians[0]:.2f}x")
+  print(f"process peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+  stats = jax.devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    print(f"device peak memory: {stats['peak_bytes_in_use'] / 2**30:.2f} GiB")
+
+
+def time_step(args: argparse.Namespace, mesh: jax.sharding.Mesh, mgda_options) -> float:
+  """Compiles and times one step kind; prints its numbers and returns the median step time."""
   replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   model = models.HRNet(config=models.preset(args.preset), dtype=train.DTYPES[args.dtype])
   optim = ml_collections.ConfigDict(dict(base_lr=0.01, momentum=0.9, weight_decay=1e-4, power=0.9))
@@ -50,7 +75,14 @@ def main() -> None:
     "dataset": np.arange(args.batch, dtype=np.int32) % len(luts),
   }
   step = jax.jit(
-    functools.partial(train.train_step, model=model, luts=luts, tx=tx, schedule=schedule),
+    functools.partial(
+      train.train_step,
+      model=model,
+      luts=luts,
+      tx=tx,
+      schedule=schedule,
+      mgda_options=mgda_options,
+    ),
     donate_argnums=0,
     out_shardings=replicated,
   )
@@ -72,10 +104,10 @@ def main() -> None:
   assert np.isfinite(loss), loss
 
   median = statistics.median(step_s)
-  print(
-    f"device: {jax.devices()[0].device_kind} x{jax.device_count()}  model: {args.preset}  "
-    f"crop: {args.crop}  batch: {args.batch}  dtype: {args.dtype}"
-  )
+  if mgda_options is None:
+    print("plain step:")
+  else:
+    print(f"MGDA step ({len(luts)} datasets, {args.tasks_per_pass or 'all'} per backward pass):")
   print(f"compile: {compile_s:.1f} s")
   print(
     f"step: {median:.3f} s (median of {args.steps}; min {min(step_s):.3f}, "
@@ -89,10 +121,7 @@ def main() -> None:
       f"{memory.argument_size_in_bytes / gib:.2f} GiB, outputs "
       f"{memory.output_size_in_bytes / gib:.2f} GiB"
     )
-  print(f"process peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
-  stats = jax.devices()[0].memory_stats() or {}
-  if "peak_bytes_in_use" in stats:
-    print(f"device peak memory: {stats['peak_bytes_in_use'] / 2**30:.2f} GiB")
+  return median
 
 
 if __name__ == "__main__":

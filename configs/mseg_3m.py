@@ -29,8 +29,8 @@ def get_config(arg: str = "1080p") -> ml_collections.ConfigDict:
     taxonomy="universal",
     data_root=placeholder(str),
     roots={},  # {dataset: root} overrides of catalog.DEFAULT_ROOTS
-    # mseg-api's mseg/dataset_lists: per-taxonomy lists (<lists_dir>/<name>/list/train.txt);
-    # None reads <dataset root>/list/train.txt
+    # per-taxonomy lists <lists_dir>/<name>/list/train.txt, as in mseg-api's mseg/dataset_lists;
+    # None reads <data_root>/dataset_lists, where `python -m mseg_jax.prepare lists` writes them
     lists_dir=placeholder(str),
     synthetic=False,
     crop_size=crop,
@@ -43,6 +43,10 @@ def get_config(arg: str = "1080p") -> ml_collections.ConfigDict:
   config.num_examples = 3_000_000  # crops per dataset
   config.total_steps = placeholder(int)  # None: num_examples // (batch_size / #datasets)
   config.optim = dict(base_lr=0.01, momentum=0.9, weight_decay=1e-4, power=0.9)
+  # MGDA (mgda.py; official use_mgda): min-norm weights of the datasets' gradients instead of
+  # their mean. normalization: none (official), l2, loss or loss+. tasks_per_pass: datasets
+  # backpropagated at once (0: all; more is faster but needs more memory).
+  config.mgda = dict(enabled=False, normalization="none", tasks_per_pass=1)
   config.init = dict(kind="imagenet", checkpoint=placeholder(str))  # or "finetune" / "none"
   config.checkpoint = dict(every_steps=5000, keep=2)
   config.log_every = 20

@@ -12,8 +12,9 @@ regime's: universal for zero_shot and training, naive for naive, the dataset's o
 `--relabeled` (training regime, for a model trained on relabeled data; --datasets names the
 unrelabeled datasets) also reads the labels of the same lines of `<dataset>-relabeled`'s list
 and scores with the official reward/penalty rule (`metrics.relabeled_reward_penalty`).
-List files are `<dataset root>/list/val.txt`, or `<lists dir>/<dataset>/list/val.txt` with
---lists-dir (mseg-api's per-taxonomy lists read in place).
+List files are `<lists dir>/<dataset>/list/val.txt`, where --lists-dir defaults to
+`<data root>/dataset_lists` (written by `python -m mseg_jax.prepare lists`); point it at
+mseg-api's `mseg/dataset_lists` to read those in place.
 
 Per dataset and base size, OUT/<dataset>/<base size>/<ss|ms>/ (<ss|ms>_relabeled with
 --relabeled) gets results.json, results.txt (the official line format), classes.md,
@@ -533,8 +534,8 @@ def main(argv: list[str] | None = None) -> None:
   )
   parser.add_argument(
     "--lists-dir",
-    help="read <lists dir>/<dataset>/list/val.txt (mseg-api's "
-    "mseg/dataset_lists) instead of <dataset root>/list/val.txt",
+    help="read <lists dir>/<dataset>/list/val.txt (default: <data root>/dataset_lists; "
+    "or mseg-api's mseg/dataset_lists)",
   )
   parser.add_argument("--out-dir", help="default: <checkpoint>/eval")
   parser.add_argument(

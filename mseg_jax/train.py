@@ -8,6 +8,8 @@ BatchNorm over the global batch (under `jax.jit` with the batch sharded on the m
 "data", XLA reduces BN statistics over all devices: synchronized BN); SGD with momentum and
 weight decay on every parameter; poly learning rate applied per step. A PSPNet adds its aux
 loss (weight `aux_weight`) and uses `optim.lr_multipliers` (officially 10x for ppm, cls, aux).
+With `mgda.enabled` the datasets' gradients are combined with MGDA's min-norm weights instead of
+their mean (mgda.py).
 """
 
 import dataclasses
@@ -37,7 +39,7 @@ from tensorboardX import SummaryWriter
 
 from mseg_jax import evaluate as evaluate_lib
 from mseg_jax import metrics as metrics_lib
-from mseg_jax import models, taxonomy
+from mseg_jax import mgda, models, taxonomy
 from mseg_jax.input_pipeline import batching, synthetic
 from mseg_jax.normalization import normalize
 
@@ -328,6 +330,46 @@ def apply_gradients(state: State, grads, batch_stats, *, tx: optax.GradientTrans
   }
 
 
+def mgda_value_and_grad(
+  params,
+  batch_stats,
+  batch: Batch,
+  *,
+  model: models.HRNet,
+  luts: np.ndarray,
+  normalization: str,
+  tasks_per_pass: int,
+  rng=None,
+):
+  """`value_and_grad(forward_loss)` with the datasets' gradients combined by MGDA weights.
+
+  One forward (BatchNorm over the global batch and its statistics updated once, as the plain
+  step), then one backward per dataset, `tasks_per_pass` at a time (0: all at once), giving
+  g_t = d loss_t / d params; the gradient is sum_t w_t g_t with the min-norm weights w of
+  `mgda.task_weights` over the datasets with valid pixels. The loss stays the datasets' mean.
+  Returns ((loss, (batch_stats, forward_loss's per-dataset metrics and "mgda_weights")), grads).
+  """
+  num = luts.shape[0]
+
+  def dataset_losses(params):
+    loss, (new_stats, dataset_metrics) = forward_loss(
+      params, batch_stats, batch, model=model, luts=luts, rng=rng
+    )
+    return dataset_metrics["dataset_loss"], (loss, new_stats, dataset_metrics)
+
+  per_dataset, vjp, (loss, new_stats, dataset_metrics) = jax.vjp(
+    dataset_losses, params, has_aux=True
+  )
+  task_grads = jax.lax.map(
+    lambda e: vjp(e)[0], jnp.eye(num, dtype=per_dataset.dtype), batch_size=tasks_per_pass
+  )
+  labels = taxonomy.remap_labels(batch["label"], luts, batch["dataset"])
+  pixels = jax.ops.segment_sum((labels != taxonomy.IGNORE).sum(axis=(1, 2)), batch["dataset"], num)
+  weights = mgda.task_weights(task_grads, per_dataset, pixels > 0, normalization)
+  dataset_metrics = {**dataset_metrics, "mgda_weights": weights}
+  return (loss, (new_stats, dataset_metrics)), mgda.combine(task_grads, weights)
+
+
 def train_step(
   state: State,
   batch: Batch,
@@ -337,15 +379,23 @@ def train_step(
   tx: optax.GradientTransformation,
   schedule: optax.Schedule,
   seed: int = 0,
+  mgda_options: Mapping[str, Any] | None = None,
 ) -> tuple[State, dict[str, jax.Array]]:
   """One SGD step on a global batch. Pure; jit it with the state donated.
 
-  Dropout (PSPNet) draws from key(seed) folded with the step.
+  Dropout (PSPNet) draws from key(seed) folded with the step. mgda_options: None for the plain
+  mean of the datasets' gradients, else the keyword arguments `normalization` and
+  `tasks_per_pass` of `mgda_value_and_grad`.
   """
   rng = jax.random.fold_in(jax.random.key(seed), state["step"])
-  grad_fn = jax.value_and_grad(
-    functools.partial(forward_loss, model=model, luts=luts, rng=rng), has_aux=True
-  )
+  if mgda_options is None:
+    grad_fn = jax.value_and_grad(
+      functools.partial(forward_loss, model=model, luts=luts, rng=rng), has_aux=True
+    )
+  else:
+    grad_fn = functools.partial(
+      mgda_value_and_grad, model=model, luts=luts, rng=rng, **mgda_options
+    )
   (loss, (batch_stats, dataset_metrics)), grads = grad_fn(
     state["params"], state["batch_stats"], batch
   )
@@ -490,6 +540,9 @@ class _MetricsLog:
       "dataset_pixel_acc": [float(x) for x in np.mean([m["dataset_pixel_acc"] for m in values], 0)],
       "images_per_s": (steps[-1] - first) * self._batch / (now - self._last_time),
     }
+    if "mgda_weights" in values[-1]:
+      weights = np.mean([m["mgda_weights"] for m in values], 0)
+      summary["mgda_weights"] = [float(x) for x in weights]
     self._last_time, self._last_step = now, steps[-1]
     if self._primary:
       self._jsonl.write(json.dumps(summary) + "\n")
@@ -500,6 +553,8 @@ class _MetricsLog:
         self._writer.add_scalar(f"train/loss_dataset_{i}", x, summary["step"])
       for i, x in enumerate(summary["dataset_pixel_acc"]):
         self._writer.add_scalar(f"train/pixel_acc_dataset_{i}", x, summary["step"])
+      for i, x in enumerate(summary.get("mgda_weights", ())):
+        self._writer.add_scalar(f"train/mgda_weight_dataset_{i}", x, summary["step"])
     return summary
 
   def write_validation(self, step: int, mious: dict[str, float]) -> None:
@@ -614,9 +669,20 @@ def train(plan: Plan, workdir: str | Path) -> tuple[models.HRNet, dict] | None:
     state = restored["state"]
     note(f"Resumed from {manager.directory} at step {latest}")
 
+  mgda_options = None
+  if config.mgda.enabled:
+    mgda_options = dict(
+      normalization=config.mgda.normalization, tasks_per_pass=config.mgda.tasks_per_pass
+    )
   step_fn = jax.jit(
     functools.partial(
-      train_step, model=model, luts=plan.luts, tx=tx, schedule=schedule, seed=config.seed
+      train_step,
+      model=model,
+      luts=plan.luts,
+      tx=tx,
+      schedule=schedule,
+      seed=config.seed,
+      mgda_options=mgda_options,
     ),
     donate_argnums=0,
     out_shardings=replicated,

@@ -244,7 +244,7 @@ def test_relabeled_cli_rewards_and_penalizes_with_lists_read_in_place(
     **SETTINGS,
   )
   root = shutil.copytree(catalog.dataset_root(data_root, CS), tmp_path / "Cityscapes")
-  lines = (root / "list" / "val.txt").read_text().splitlines()[:2]
+  lines = catalog.list_path(data_root, CS, "val").read_text().splitlines()[:2]
   lists = tmp_path / "lists"
   reward, penalty = write_relabeled_lists(root, lists, lines, plain / "gray")
   assert reward > 0 and penalty > 0  # the cases the test is about
@@ -307,9 +307,14 @@ def test_relabeled_evaluation_checks_its_inputs(data_root, checkpoint, tmp_path)
   model, variables = models.load_checkpoint(checkpoint)
   with pytest.raises(ValueError, match="part of the training regime"):
     run_evaluation(model, variables, "camvid-11", data_root, relabeled=True)
-  with pytest.raises(ValueError, match="unrelabeled name"):
-    run_evaluation(model, variables, CS_RELABELED, data_root, regime="training", relabeled=True)
   lines = catalog.list_path(data_root, CS, "val").read_text().splitlines()
+  lists = tmp_path / "relabeled_only"  # the relabeled list exists: the name is what is wrong
+  (lists / CS_RELABELED / "list").mkdir(parents=True)
+  (lists / CS_RELABELED / "list" / "val.txt").write_text("\n".join(lines) + "\n")
+  with pytest.raises(ValueError, match="unrelabeled name"):
+    run_evaluation(
+      model, variables, CS_RELABELED, data_root, regime="training", relabeled=True, lists_dir=lists
+    )
   for relabeled_lines, error in ((lines[:2], "has 2 lines"), (lines[::-1], "is not")):
     lists = tmp_path / error.replace(" ", "_")
     for name, text in ((CS, lines), (CS_RELABELED, relabeled_lines)):

@@ -23,14 +23,33 @@ def test_catalog_has_every_taxonomy_under_mseg_dataset():
   assert catalog.dataset_root("/d", "cityscapes-19-relabeled") == catalog.dataset_root(
     "/d", "cityscapes-34"
   )
-  assert catalog.list_path("/d", "camvid-11", "val") == Path("/d/mseg_dataset/Camvid/list/val.txt")
+  assert catalog.list_path("/d", "camvid-11", "val") == Path(
+    "/d/dataset_lists/camvid-11/list/val.txt"
+  )
+
+
+def test_taxonomies_that_share_a_root_never_share_a_list_file():
+  """A relabeled run can never read the unrelabeled lists (data_preparation.md 1.3, 7.14)."""
+  by_root = {}
+  for name in catalog.DEFAULT_ROOTS:
+    by_root.setdefault(catalog.dataset_root("/d", name), []).append(name)
+  assert len(by_root[catalog.dataset_root("/d", "cityscapes-19")]) == 4  # 34, 19, both relabeled
+  for names in by_root.values():
+    for split in ("train", "val"):
+      assert len({catalog.list_path("/d", n, split) for n in names}) == len(names), names
+  for name in ("ade20k-150", "cityscapes-19", "coco-panoptic-133", "sunrgbd-37"):
+    relabeled = f"{name}-relabeled"
+    assert catalog.dataset_root("/d", name) == catalog.dataset_root("/d", relabeled)
+    assert catalog.list_path("/d", name, "val") != catalog.list_path("/d", relabeled, "val")
 
 
 def test_catalog_overrides_and_mseg_api_lists():
   roots = {"camvid-11": "elsewhere/camvid", "kitti-19": "/abs/kitti"}
   assert catalog.dataset_root("/d", "camvid-11", roots) == Path("/d/elsewhere/camvid")
   assert catalog.dataset_root("/d", "kitti-19", roots) == Path("/abs/kitti")
-  assert catalog.list_path("/d", "kitti-19", "test", roots) == Path("/abs/kitti/list/test.txt")
+  assert catalog.list_path("/d", "kitti-19", "test", roots) == Path(
+    "/d/dataset_lists/kitti-19/list/test.txt"
+  )
   assert catalog.list_path("/d", "kitti-19", "val", lists_dir="/api/mseg/dataset_lists") == Path(
     "/api/mseg/dataset_lists/kitti-19/list/val.txt"
   )
@@ -55,27 +74,31 @@ def root(tmp_path) -> Path:
     f"{_write(tmp_path, f'img/{i}.png', image)} {_write(tmp_path, f'lab/{i}.png', label)}"
     for i in range(2)
   ]
-  (tmp_path / "list").mkdir()
-  (tmp_path / "list" / "train.txt").write_text("\n".join(lines) + "\n\n")
+  _list(tmp_path).parent.mkdir(parents=True)
+  _list(tmp_path).write_text("\n".join(lines) + "\n\n")
   return tmp_path
 
 
+def _list(root: Path, split: str = "train") -> Path:
+  return catalog.list_path(root, NAME, split)
+
+
 def _source(root: Path) -> sources.ListSource:
-  return sources.ListSource(root / "list" / "train.txt", root)
+  return sources.ListSource(_list(root), root)
 
 
 def test_read_list_and_decode_a_valid_sample(root):
-  (root / "list" / "test.txt").write_text("img/0.png\r\nimg/1.png\r\n")
-  assert sources.read_list(root / "list" / "test.txt", root) == [
+  _list(root, "test").write_text("img/0.png\r\nimg/1.png\r\n")
+  assert sources.read_list(_list(root, "test"), root) == [
     (root / "img/0.png", None),
     (root / "img/1.png", None),
   ]
-  assert sources.read_list(root / "list" / "train.txt", root)[1] == (
+  assert sources.read_list(_list(root), root)[1] == (
     root / "img/1.png",
     root / "lab/1.png",
   )
   source = _source(root)
-  assert len(source) == 2 and source[1]["where"] == f"{root / 'list' / 'train.txt'}:2"
+  assert len(source) == 2 and source[1]["where"] == f"{_list(root)}:2"
   example = sources.Decode(num_classes=19).map(source[0])
   assert example["image"].dtype == np.uint8 and example["image"].shape == (6, 8, 3)
   assert tuple(example["image"][0, 0]) == (255, 0, 0)  # RGB
@@ -125,7 +148,7 @@ def test_each_bad_input_names_list_file_line_and_path(root, case):
   with pytest.raises(sources.InputError) as error:
     sources.Decode(num_classes=19).map(source[1])
   message = str(error.value)
-  assert message.startswith(f"{root / 'list' / 'train.txt'}:2: {root / bad}: ")
+  assert message.startswith(f"{_list(root)}:2: {root / bad}: ")
   assert re.search(BAD_CASES[case], message)
 
 
@@ -170,21 +193,29 @@ def test_invalid_label_values():
 def test_verify_cli_reports_clean_and_broken_datasets(root, capsys):
   roots = f"{NAME}={root}"
   assert (
-    verify.main(["--data-root", "/", "--datasets", NAME, "--splits", "train", "--roots", roots])
+    verify.main(
+      ["--data-root", str(root), "--datasets", NAME, "--splits", "train", "--roots", roots]
+    )
     == 0
   )
   out = capsys.readouterr().out
-  assert f"| {NAME} | train | 2 | 2 | 0 | 6x8 | 6x8 | 2/19 |" in out and "all samples OK" in out
+  assert f"| {NAME} | train | 2 | 2 | 0 | 6x8 | 6x8 | 2/19 | 2.1% | 0..18 |" in out
+  assert "all samples OK" in out
 
   _corrupt(root, "size mismatch")
   assert (
-    verify.main(["--data-root", "/", "--datasets", NAME, "--splits", "train,val", "--roots", roots])
+    verify.main(
+      ["--data-root", str(root), "--datasets", NAME, "--splits", "train,val", "--roots", roots]
+    )
     == 1
   )
   out = capsys.readouterr().out
-  assert f"ERROR {root / 'list' / 'train.txt'}:2: {root / 'lab/1.png'}: label size" in out
-  assert f"ERROR {root / 'list' / 'val.txt'}: list file not found" in out
+  assert f"ERROR {_list(root)}:2: {root / 'lab/1.png'}: label size" in out
+  assert f"ERROR {_list(root, 'val')}: list file not found" in out
   assert f"| {NAME} | train | 2 | 1 | 1 |" in out and "2 errors" in out
+  with pytest.raises(SystemExit):
+    verify.main(["--data-root", str(root), "--datasets", "cityscapes-20"])
+  assert "unknown datasets ['cityscapes-20']; known: ade20k-150," in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -5,16 +5,19 @@
 (cityscapes-19 / cityscapes-19-relabeled / cityscapes-34, ...) share a root; their list files
 point at different label folders.
 
-List files hold `rgb_relpath label_relpath` lines relative to the dataset root. By default they
-live at `<dataset root>/list/<split>.txt`. With `lists_dir` (mseg-api's `mseg/dataset_lists`
-folder) they are read in place from `<lists_dir>/<name>/list/<split>.txt`, which is how mseg-api
-keeps one list per taxonomy when taxonomies share a root.
+List files hold `rgb_relpath label_relpath` lines relative to the dataset root. They live at
+`<lists_dir>/<name>/list/<split>.txt`, one folder per taxonomy as in mseg-api's
+`mseg/dataset_lists`, so taxonomies that share a root never read the same list. `lists_dir`
+defaults to `<data_root>/dataset_lists`, where `python -m mseg_jax.prepare lists` writes them.
 """
 
 import argparse
 from pathlib import Path
 
+LISTS_FOLDER = "dataset_lists"
+
 DEFAULT_ROOTS: dict[str, str] = {
+  "ade20k-151-inst": "mseg_dataset/ADE20K/ADE20K_2016_07_26",
   "ade20k-151": "mseg_dataset/ADE20K/ADEChallengeData2016",
   "ade20k-150": "mseg_dataset/ADE20K/ADEChallengeData2016",
   "ade20k-150-relabeled": "mseg_dataset/ADE20K/ADEChallengeData2016",
@@ -67,10 +70,11 @@ def list_path(
   roots: dict[str, str] | None = None,
   lists_dir: str | Path | None = None,
 ) -> Path:
-  """`<dataset root>/list/<split>.txt`, or `<lists_dir>/<name>/list/<split>.txt` (mseg-api)."""
-  if lists_dir is not None:
-    return Path(lists_dir) / name / "list" / f"{split}.txt"
-  return dataset_root(data_root, name, roots) / "list" / f"{split}.txt"
+  """`<lists_dir>/<name>/list/<split>.txt`; `lists_dir` defaults to `<data_root>/dataset_lists`."""
+  if name not in DEFAULT_ROOTS and not (roots and name in roots):
+    raise KeyError(f"unknown dataset {name!r}; known: {', '.join(sorted(DEFAULT_ROOTS))}")
+  lists_dir = Path(data_root) / LISTS_FOLDER if lists_dir is None else Path(lists_dir)
+  return lists_dir / name / "list" / f"{split}.txt"
 
 
 def parse_roots(text: str) -> dict[str, str]:

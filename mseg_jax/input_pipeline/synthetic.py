@@ -245,9 +245,9 @@ def write_synthetic(
 ) -> Path:
   """Writes the composite under out_dir (use it as --data-root) and returns out_dir.
 
-  Training datasets get list/train.txt (num_train) and list/val.txt (num_val); test datasets
-  list/val.txt (num_test). Images are PNG (lossless), labels single-channel uint8 PNG, both
-  `size` = (height, width). Deterministic for a seed.
+  Training datasets get train lists (num_train) and val lists (num_val), test datasets val lists
+  (num_test), at `catalog.list_path`. Images are PNG (lossless), labels single-channel uint8
+  PNG, both `size` = (height, width). Deterministic for a seed.
   """
   out_dir = Path(out_dir)
   plan = [(d, "train", num_train) for d in SYNTHETIC_TRAIN_DATASETS]

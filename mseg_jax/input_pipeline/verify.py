@@ -2,10 +2,12 @@
 
   python -m mseg_jax.input_pipeline.verify --data-root R --datasets cityscapes-19,camvid-11
 
-For each dataset and split it reads the list file and every image and label (missing or
-unreadable files, image/label size mismatches, label values that are neither a class of the
-dataset nor 255), shows a progress bar, prints the errors (file:line: path: problem) and a
-table, and exits with status 1 if anything is wrong.
+For each dataset and split it reads the list file (`catalog.list_path`: by default
+<data-root>/dataset_lists/<name>/list/<split>.txt, where `python -m mseg_jax.prepare lists`
+writes them) and every image and label (missing or unreadable files, image/label size
+mismatches, label values that are neither a class of the dataset nor 255), shows a progress
+bar, prints the errors (file:line: path: problem) and a table (images, labels, sizes, ids seen),
+and exits with status 1 if anything is wrong.
 """
 
 import argparse
@@ -20,6 +22,7 @@ import tqdm
 
 from mseg_jax import taxonomy
 from mseg_jax.input_pipeline import catalog, sources
+from mseg_jax.prepare import relabel
 
 
 @dataclasses.dataclass
@@ -88,12 +91,17 @@ def _size(hw: tuple[int, int] | None) -> str:
   return "-" if hw is None else f"{hw[0]}x{hw[1]}"
 
 
+def _ids(pixels: np.ndarray, num_classes: int) -> str:
+  seen = np.flatnonzero(pixels[:num_classes])
+  return f"{seen[0]}..{seen[-1]}" if seen.size else "-"
+
+
 def summary_table(reports: list[SplitReport]) -> str:
-  """A markdown table: samples, errors, image sizes, classes seen, ignore fraction."""
+  """A markdown table: samples, errors, image sizes, classes seen, ignore fraction, id range."""
   lines = [
     "| dataset | split | samples | labelled | errors | smallest HxW | largest HxW "
-    "| classes seen | ignore px |",
-    "|---|---|---|---|---|---|---|---|---|",
+    "| classes seen | ignore px | ids |",
+    "|---|---|---|---|---|---|---|---|---|---|",
   ]
   for r in reports:
     total = int(r.pixels.sum())
@@ -101,7 +109,8 @@ def summary_table(reports: list[SplitReport]) -> str:
     ignore = f"{100.0 * r.pixels[sources.IGNORE] / total:.1f}%" if total else "-"
     lines.append(
       f"| {r.dataset} | {r.split} | {r.samples} | {r.labelled} | {len(r.errors)} "
-      f"| {_size(r.min_hw)} | {_size(r.max_hw)} | {seen}/{r.num_classes} | {ignore} |"
+      f"| {_size(r.min_hw)} | {_size(r.max_hw)} | {seen}/{r.num_classes} | {ignore} "
+      f"| {_ids(r.pixels, r.num_classes)} |"
     )
   return "\n".join(lines)
 
@@ -124,14 +133,23 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument(
     "--lists-dir",
     default=None,
-    help="read lists from <lists-dir>/<name>/list/ (mseg-api dataset_lists)",
+    help="read lists from <lists-dir>/<name>/list/ (default: <data-root>/dataset_lists)",
+  )
+  parser.add_argument(
+    "--relabeled",
+    action="store_true",
+    help="also check -relabeled labels against the MTurk records (verify_all_relabeled_segments)",
   )
   parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
   parser.add_argument("--max-errors", type=int, default=20, help="errors printed per split")
   args = parser.parse_args(argv)
+  names = args.datasets.split(",")
+  unknown = sorted(set(names) - set(taxonomy.dataset_names()))
+  if unknown:
+    parser.error(f"unknown datasets {unknown}; known: {', '.join(taxonomy.dataset_names())}")
 
   reports = []
-  for name in args.datasets.split(","):
+  for name in names:
     if args.splits:
       splits = args.splits.split(",")
     else:
@@ -147,6 +165,13 @@ def main(argv: list[str] | None = None) -> int:
       print(f"... and {len(r.errors) - args.max_errors} more errors in {r.list_file}")
   print(summary_table(reports))
   num_errors = sum(len(r.errors) for r in reports)
+  if args.relabeled:
+    relabel_errors = relabel.verify(
+      args.data_root, names, workers=args.threads, lists_dir=args.lists_dir
+    )
+    for error in relabel_errors:
+      print(f"ERROR {error}")
+    num_errors += len(relabel_errors)
   print(f"{num_errors} errors" if num_errors else "all samples OK")
   return 1 if num_errors else 0
 
