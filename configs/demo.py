@@ -35,7 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint.every_steps = 100
   config.log_every = 10
   config.eval.datasets = ("camvid-11",)
-  config.eval.base_size = 128
+  config.eval.base_sizes = (128,)
   config.eval.crop = 129
   config.eval.batch_size = 4
   return config

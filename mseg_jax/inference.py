@@ -186,7 +186,9 @@ class Predictor:
   `predictor.probs(image)` returns the (H, W, K) probabilities too. `batch_size` windows (plus
   their flips: 2x the network batch) run per network call. Only the `predictable` classes (bool
   (K,); default: with a `projection`, the classes some model output feeds, else all) are ever
-  predicted, as in the official zero-shot and naive-merge evaluations.
+  predicted, as in the official zero-shot and naive-merge evaluations. With `device`, the
+  variables live there and every call computes there (a Predictor per device runs from its own
+  thread in parallel: `evaluate.Evaluator`); without, on the default device.
   """
 
   def __init__(
@@ -201,6 +203,7 @@ class Predictor:
     predictable: np.ndarray | None = None,
     batch_size: int = 8,
     dtype=jnp.float32,
+    device: jax.Device | None = None,
   ):
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -212,19 +215,24 @@ class Predictor:
       model, variables = models.fold_batch_norm(model, variables)
     if jnp.dtype(dtype) != jnp.dtype(model.dtype):
       model = model.clone(dtype=dtype)
-    self.model, self.variables = model, variables
+    self.device = device
+    self.model, self.variables = model, jax.device_put(variables, device)
     self.base_size, self.scales, self.crop = base_size, tuple(scales), crop
     self.batch_size = batch_size
-    self.projection = None if projection is None else jnp.asarray(projection, jnp.float32)
     if predictable is None and projection is not None:
       predictable = np.asarray(projection).any(axis=0)
-    self.predictable = None if predictable is None else jnp.asarray(predictable, bool)
+    if projection is not None:
+      projection = jax.device_put(np.asarray(projection, np.float32), device)
+    self.projection = projection
+    if predictable is not None:
+      predictable = jax.device_put(np.asarray(predictable, bool), device)
+    self.predictable = predictable
     self.net = compiled_net(model)
     self._counts: dict[Layout, jax.Array] = {}
 
   def _counts_for(self, layout: Layout) -> jax.Array:
     if layout not in self._counts:
-      self._counts[layout] = jnp.asarray(window_counts(layout))
+      self._counts[layout] = jax.device_put(window_counts(layout), self.device)
     return self._counts[layout]
 
   def scale_probs(self, image: np.ndarray, scale: float) -> jax.Array:
@@ -254,10 +262,11 @@ class Predictor:
       raise ValueError(f"expected an RGB image (H, W, 3), got shape {image.shape}")
     image = np.asarray(image, np.float32)
     total = None
-    for scale in self.scales:
-      p = self.scale_probs(image, scale)
-      total = p if total is None else _add(total, p)
-    return _mean_and_argmax(total, len(self.scales), self.predictable)
+    with jax.default_device(self.device):
+      for scale in self.scales:
+        p = self.scale_probs(image, scale)
+        total = p if total is None else _add(total, p)
+      return _mean_and_argmax(total, len(self.scales), self.predictable)
 
   def __call__(self, image: np.ndarray) -> jax.Array:
     """uint8 RGB (H, W, 3) -> label map (H, W), on device."""

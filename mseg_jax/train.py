@@ -38,7 +38,6 @@ from ml_collections import config_flags
 from tensorboardX import SummaryWriter
 
 from mseg_jax import evaluate as evaluate_lib
-from mseg_jax import metrics as metrics_lib
 from mseg_jax import mgda, models, taxonomy
 from mseg_jax.input_pipeline import batching, synthetic
 from mseg_jax.normalization import normalize
@@ -764,31 +763,36 @@ def train(plan: Plan, workdir: str | Path) -> tuple[models.HRNet, dict] | None:
 def evaluate(
   config: ml_collections.ConfigDict, workdir: str | Path, model: models.HRNet, variables: dict
 ) -> list[dict]:
-  """Evaluates on `config.eval.datasets` (results in workdir/eval/<dataset>/); prints a table."""
+  """Evaluates on `config.eval.datasets` at each of `config.eval.base_sizes` on every device of
+  every process, where `python -m mseg_jax.evaluate` writes (workdir/eval/<dataset>/<base
+  size>/<ss|ms>/); the primary process writes workdir/eval/results.{json,md} and prints the
+  tables (best of base sizes)."""
   out = Path(workdir) / "eval"
   results = []
   for name in config.eval.datasets:
-    spec = evaluate_lib.Spec(
-      name,
-      regime=config.eval.regime,
-      base_size=config.eval.base_size,
-      scales=tuple(config.eval.scales),
-      crop=config.eval.crop,
-      limit=config.eval.limit,
-      model=Path(workdir).name,
-    )
-    evaluator = evaluate_lib.Evaluator(
-      model,
-      variables,
-      spec,
-      config.data.data_root,
-      roots=config.data.roots.to_dict() or None,
-      lists_dir=config.data.lists_dir,
-      batch_size=config.eval.batch_size,
-    )
-    results.append(evaluator.run(out / name))
+    for base_size in config.eval.base_sizes:
+      spec = evaluate_lib.Spec(
+        name,
+        regime=config.eval.regime,
+        base_size=base_size,
+        scales=tuple(config.eval.scales),
+        crop=config.eval.crop,
+        limit=config.eval.limit,
+        model=Path(workdir).name,
+      )
+      evaluator = evaluate_lib.Evaluator(
+        model,
+        variables,
+        spec,
+        config.data.data_root,
+        roots=config.data.roots.to_dict() or None,
+        lists_dir=config.data.lists_dir,
+        batch_size=config.eval.batch_size,
+      )
+      results.append(evaluator.run(evaluator.save_dir(out)))
   if results and jax.process_index() == 0:
-    print(metrics_lib.markdown_table(results))
+    report = evaluate_lib.write_report(evaluate_lib.collect(out), out)
+    print(report.split("\n## Per-class")[0])
   return results
 
 

@@ -185,8 +185,9 @@ def test_demo_learns_and_beats_the_majority_class_zero_shot(tmp_path, env):
   val_lines = [m for m in logged if "val_miou" in m]
   assert [m["step"] for m in val_lines] == [30, 60]
   assert all(0 <= m["val_miou"]["camvid-11"] <= 1 for m in val_lines)
-  result = json.loads((workdir / "eval" / "camvid-11" / "results.json").read_text())
+  result = json.loads((workdir / "eval" / "camvid-11" / "128" / "ss" / "results.json").read_text())
   assert "| demo | zero_shot |" in proc.stdout  # the printed result table
+  assert "| demo | zero_shot |" in (workdir / "eval" / "results.md").read_text()
   baseline = _majority_miou(data_root, "camvid-11", len(result["class_names"]))
   assert result["miou"] > baseline + 0.05, (result["miou"], baseline)
   assert (workdir / "config.json").exists() and list((workdir / "tensorboard").iterdir())
@@ -216,6 +217,6 @@ def test_demo_trains_in_the_naive_taxonomy_and_evaluates_it_zero_shot(tmp_path, 
   assert model.config.num_classes == taxonomy.NAIVE_NUM_LOGITS == 316
   derived = json.loads((workdir / "config.json").read_text())["derived"]
   assert derived["model"]["num_classes"] == 316
-  result = json.loads((workdir / "eval" / "camvid-11" / "results.json").read_text())
+  result = json.loads((workdir / "eval" / "camvid-11" / "128" / "ss" / "results.json").read_text())
   assert result["regime"] == "naive" and result["num_images"] == 2
   assert "| naive | naive |" in proc.stdout  # model (workdir name) and regime
