@@ -1,6 +1,7 @@
 """Train-step throughput, memory and host time of HRNet (W48 by default) on the local devices.
 
   python benchmarks/bench_train.py --crop 473 --batch 2 --dtype float32 [--preset hrnet_w48]
+      [--micro_batches K]
 
 Runs the real jitted `train.train_step` (state donated, batch sharded over all devices) on a
 random uint8 batch of 7 datasets' labels. Prints compile time, step time (median of --steps),
@@ -12,7 +13,8 @@ RSS and, on GPU, the device's peak bytes in use.
 
 `--mgda on` times the MGDA step instead (one backward per dataset, `--tasks-per-pass` at a
 time, 0 = all at once); `--mgda compare` times the plain step, then the MGDA step, and prints
-MGDA's step time over the plain one.
+MGDA's step time over the plain one. `--micro_batches K` runs each step in K passes
+(config.max_device_batch): compare its memory and time with K=1 at the same batch.
 """
 
 import argparse
@@ -37,6 +39,7 @@ def main() -> None:
   parser.add_argument("--batch", type=int, default=2, help="global batch")
   parser.add_argument("--dtype", choices=sorted(train.DTYPES), default="float32")
   parser.add_argument("--steps", type=int, default=3)
+  parser.add_argument("--micro_batches", type=int, default=1, help="passes per step")
   parser.add_argument("--mgda", choices=("off", "on", "compare"), default="off")
   parser.add_argument("--tasks-per-pass", type=int, default=1, help="MGDA; 0: all at once")
   args = parser.parse_args()
@@ -45,7 +48,8 @@ def main() -> None:
   jax.set_mesh(mesh)
   print(
     f"device: {jax.devices()[0].device_kind} x{jax.device_count()}  model: {args.preset}  "
-    f"crop: {args.crop}  batch: {args.batch}  dtype: {args.dtype}"
+    f"crop: {args.crop}  batch: {args.batch}  dtype: {args.dtype}  "
+    f"micro-batches: {args.micro_batches}"
   )
   mgda_options = dict(normalization="none", tasks_per_pass=args.tasks_per_pass)
   modes = {"off": [None], "on": [mgda_options], "compare": [None, mgda_options]}[args.mgda]
@@ -81,6 +85,7 @@ def time_step(args: argparse.Namespace, mesh: jax.sharding.Mesh, mgda_options) -
       luts=luts,
       tx=tx,
       schedule=schedule,
+      micro_batches=args.micro_batches,
       mgda_options=mgda_options,
     ),
     donate_argnums=0,

@@ -39,7 +39,10 @@ def get_config(arg: str = "1080p") -> ml_collections.ConfigDict:
     rotate_range=(-10.0, 10.0),  # official rotate_min, rotate_max (degrees)
     num_workers=8,  # grain worker processes per host (README: 8-12 on GPU hosts)
   )
-  config.batch_size = batch  # global; split evenly over the datasets
+  config.batch_size = batch  # global; split evenly over the datasets, padded to the devices
+  # crops one device runs in one forward/backward; a smaller share than the step's runs it in
+  # micro-batches, whose BatchNorm statistics are their own (not the official step)
+  config.max_device_batch = placeholder(int)
   config.num_examples = 3_000_000  # crops per dataset
   config.total_steps = placeholder(int)  # None: num_examples // (batch_size / #datasets)
   config.optim = dict(base_lr=0.01, momentum=0.9, weight_decay=1e-4, power=0.9)
@@ -51,8 +54,10 @@ def get_config(arg: str = "1080p") -> ml_collections.ConfigDict:
   config.checkpoint = dict(every_steps=5000, keep=2)
   config.log_every = 20
   config.seed = 0
+  config.resume_despite_changes = False  # resume a checkpoint whose config computes differently
   config.distributed = dict(
     enabled=False,
+    cpu_collectives="gloo",  # how CPU devices of several processes talk
     coordinator_address=placeholder(str),
     num_processes=placeholder(int),
     process_id=placeholder(int),

@@ -10,6 +10,11 @@ weight decay on every parameter; poly learning rate applied per step. A PSPNet a
 loss (weight `aux_weight`) and uses `optim.lr_multipliers` (officially 10x for ppm, cls, aux).
 With `mgda.enabled` the datasets' gradients are combined with MGDA's min-norm weights instead of
 their mean (mgda.py).
+
+Any batch runs on any device count: the plan pads the global batch to a multiple of the device
+count with slots masked out of the BatchNorm statistics and the loss, so the padded step is the
+unpadded one. `max_device_batch` splits a step into micro-batches (BatchNorm statistics per
+micro-batch: not the official step). With several processes, process 0 writes every file.
 """
 
 import dataclasses
@@ -32,6 +37,7 @@ import optax
 import orbax.checkpoint as ocp
 import tqdm
 from absl import app, flags, logging
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
@@ -43,7 +49,8 @@ from mseg_jax.input_pipeline import batching, synthetic
 from mseg_jax.normalization import normalize
 
 State = dict[str, Any]  # {"step", "params", "batch_stats", "opt_state"}
-Batch = dict[str, jax.Array]  # {"image": uint8 NHWC, "label": uint8 NHW, "dataset": int32 N}
+# {"image": uint8 NHWC, "label": uint8 NHW, "dataset": int32 N[, "valid": bool N (padding False)]}
+Batch = dict[str, jax.Array]
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 TAXONOMIES = ("universal", "naive", "dataset")  # config.data.taxonomy
@@ -132,7 +139,13 @@ def model_config(
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-  """A training config resolved and checked once: everything `train` needs to know."""
+  """A training config resolved and checked once: everything `train` needs to know.
+
+  The global batch of `batch_size` crops sits in `devices * device_slots` slots: device d holds
+  crops [floor(d*B/D), floor((d+1)*B/D)) of the batch, then padding slots (masked out of the
+  BatchNorm statistics and the loss, so they change nothing). A device runs its slots in
+  `micro_batches` forward/backward passes (`max_device_batch`).
+  """
 
   config: ml_collections.ConfigDict = dataclasses.field(compare=False)
   datasets: tuple[str, ...]  # the training taxonomies, "-relabeled" included
@@ -140,6 +153,42 @@ class Plan:
   total_steps: int
   model: models.HRNetConfig | models.PSPNetConfig
   luts: np.ndarray = dataclasses.field(compare=False)  # (len(datasets), 256) to the model's ids
+  devices: int
+  processes: int
+  device_slots: int  # slots per device in one step
+  micro_batches: int  # forward/backward passes per step, device_slots / micro_batches slots each
+
+  @property
+  def slots(self) -> int:
+    return self.devices * self.device_slots
+
+  @property
+  def padded(self) -> bool:
+    return self.slots != self.config.batch_size
+
+  def device_crops(self) -> list[int]:
+    """The real crops of each device (the rest of its `device_slots` are padding)."""
+    b, d = self.config.batch_size, self.devices
+    return [(i + 1) * b // d - i * b // d for i in range(d)]
+
+  def summary(self) -> str:
+    """The batch layout and what it costs, for the start-up message."""
+    b, padding = self.config.batch_size, self.slots - self.config.batch_size
+    text = (
+      f"{b} crops on {self.devices} device{'s' * (self.devices > 1)}: {self.slots} slots, "
+      f"{100 * padding / self.slots:.1f}% padding"
+    )
+    if self.micro_batches == 1:
+      return text + (" (masked: the step is the unpadded one)" if padding else "")
+    per = self.slots // self.micro_batches
+    return text + (
+      f"; {self.micro_batches} micro-batches of {self.device_slots // self.micro_batches} slots "
+      f"per device (max_device_batch={self.config.max_device_batch}). Not the official step: "
+      f"BatchNorm normalizes each micro-batch of {per} slots with its own statistics instead "
+      f"of the {b} crops, and the running statistics average the micro-batches' (running "
+      "variance without the spread between micro-batches); the loss and its averaging are "
+      "unchanged"
+    )
 
   def to_json(self) -> dict[str, Any]:
     """The config as run: every field, plus the values derived from them."""
@@ -151,6 +200,10 @@ class Plan:
         "total_steps": self.total_steps,
         "architecture": models.architecture(self.model),
         "model": self.model.to_dict(),
+        "micro_batches": self.micro_batches,
+        "devices": self.devices,
+        "processes": self.processes,
+        "device_slots": self.device_slots,
       },
     }
 
@@ -161,13 +214,34 @@ def model_taxonomy(plan: Plan) -> str:
   return plan.datasets[0] if kind == "dataset" else kind
 
 
-def make_plan(config: ml_collections.ConfigDict) -> Plan:
-  """Resolves `config` and checks it (data, devices, initialization) before anything is built."""
+def device_layout(batch_size: int, devices: int, max_device_batch: int | None) -> tuple[int, int]:
+  """(slots per device, micro-batches): the fewest slots that hold `batch_size` crops on
+  `devices` devices in passes of at most `max_device_batch` slots each."""
+  crops = -(-batch_size // devices)  # the most crops one device holds
+  if max_device_batch is None or max_device_batch >= crops:
+    return crops, 1
+  if max_device_batch < 1:
+    raise ValueError(f"config.max_device_batch={max_device_batch} must be at least 1")
+  micro_batches = -(-crops // max_device_batch)
+  return micro_batches * -(-crops // micro_batches), micro_batches
+
+
+def make_plan(
+  config: ml_collections.ConfigDict, devices: int | None = None, processes: int | None = None
+) -> Plan:
+  """Resolves `config` and checks it (data, devices, initialization) before anything is built.
+
+  `devices` and `processes` default to this run's `jax.device_count()`, `jax.process_count()`.
+  """
+  devices = jax.device_count() if devices is None else devices
+  processes = jax.process_count() if processes is None else processes
   if not config.data.data_root:
     raise ValueError("config.data.data_root is not set (--config.data.data_root=DIR)")
-  if config.batch_size % jax.device_count():
+  if devices % processes:
+    raise ValueError(f"{devices} devices do not split evenly over {processes} processes")
+  if config.batch_size < processes:
     raise ValueError(
-      f"config.batch_size={config.batch_size} is not divisible by the {jax.device_count()} devices"
+      f"config.batch_size={config.batch_size} has fewer crops than the {processes} processes"
     )
   if config.dtype not in DTYPES:
     raise ValueError(f"config.dtype={config.dtype!r}: use one of {sorted(DTYPES)}")
@@ -187,6 +261,14 @@ def make_plan(config: ml_collections.ConfigDict) -> Plan:
       f"config.validation.every_steps={validation.every_steps} needs config.validation.datasets"
     )
   datasets = train_datasets(config)
+  device_slots, micro_batches = device_layout(
+    config.batch_size, devices, config.get("max_device_batch")
+  )
+  if micro_batches > 1 and config.mgda.enabled:
+    raise ValueError(
+      f"config.max_device_batch={config.max_device_batch} splits the step into {micro_batches} "
+      "micro-batches, which MGDA cannot (it needs every dataset's gradient of the whole step)"
+    )
   return Plan(
     config=config,
     datasets=datasets,
@@ -194,7 +276,50 @@ def make_plan(config: ml_collections.ConfigDict) -> Plan:
     total_steps=total_steps(config),
     model=model_config(config, num_classes(config, datasets)),
     luts=label_luts(config, datasets),
+    devices=devices,
+    processes=processes,
+    device_slots=device_slots,
+    micro_batches=micro_batches,
   )
+
+
+# Config fields that do not change what a step computes: a resumed run may change them freely.
+# Everything else (and the derived values but the device layout) must match the checkpoint.
+RESUME_FREE = (
+  "checkpoint",
+  "data.data_root",
+  "data.lists_dir",
+  "data.num_workers",
+  "data.roots",
+  "data.synthetic",
+  "derived.device_slots",
+  "derived.devices",
+  "derived.processes",
+  "distributed",
+  "eval",
+  "init",  # the state comes from the checkpoint
+  "log_every",
+  "max_device_batch",  # its effect is derived.micro_batches
+  "resume_despite_changes",
+)
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  """{"a.b": leaf} of a JSON tree (lists are leaves)."""
+  if isinstance(tree, Mapping):
+    return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}{key}.").items()}
+  return {prefix[:-1]: tree}
+
+
+def config_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+  """The fields outside RESUME_FREE whose values differ, as "key: saved -> current" lines."""
+  old, new = (_flatten(json.loads(json.dumps(c))) for c in (saved, current))
+  return [
+    f"{key}: {old.get(key, '(absent)')!r} -> {new.get(key, '(absent)')!r}"
+    for key in sorted(old.keys() | new.keys())
+    if not any(key == f or key.startswith(f"{f}.") for f in RESUME_FREE)
+    and old.get(key) != new.get(key)
+  ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,7 +367,11 @@ def create_optimizer(
 
 
 def multi_dataset_loss(
-  logits: jax.Array, labels: jax.Array, dataset: jax.Array, num_datasets: int
+  logits: jax.Array,
+  labels: jax.Array,
+  dataset: jax.Array,
+  num_datasets: int,
+  counts: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Cross entropy (ignore 255) per dataset, averaged over the datasets with valid pixels.
 
@@ -255,6 +384,8 @@ def multi_dataset_loss(
     labels: (N, H, W) integer labels in [0, C) or 255.
     dataset: (N,) int index of each crop's dataset.
     num_datasets: number of datasets (static).
+    counts: (num_datasets,) valid pixels per dataset to divide by; by default those of this
+      batch (a micro-batch passes those of its whole step, so that the losses add up).
 
   Returns:
     (loss, per-dataset loss (num_datasets,), per-dataset valid pixel count (num_datasets,)).
@@ -265,53 +396,84 @@ def multi_dataset_loss(
   picked = jnp.take_along_axis(logits, target[..., None], axis=-1)[..., 0]
   pixel_loss = jnp.where(valid, jax.nn.logsumexp(logits, axis=-1) - picked, 0.0)
   sums = jax.ops.segment_sum(pixel_loss.sum(axis=(1, 2)), dataset, num_datasets)
-  counts = jax.ops.segment_sum(valid.sum(axis=(1, 2), dtype=jnp.float32), dataset, num_datasets)
+  if counts is None:
+    counts = dataset_counts(labels, dataset, num_datasets)
   present = counts > 0
   per_dataset = jnp.where(present, sums / jnp.maximum(counts, 1.0), 0.0)
   loss = per_dataset.sum() / jnp.maximum(present.sum(), 1)
   return loss, per_dataset, counts
 
 
+def dataset_counts(labels: jax.Array, dataset: jax.Array, num_datasets: int) -> jax.Array:
+  """(num_datasets,) float valid (not 255) pixels of each dataset's crops."""
+  valid = (labels != taxonomy.IGNORE).sum(axis=(1, 2), dtype=jnp.float32)
+  return jax.ops.segment_sum(valid, dataset, num_datasets)
+
+
+def training_labels(batch: Batch, luts: np.ndarray) -> jax.Array:
+  """The batch's labels in the model's ids; 255 in padding slots (batch["valid"] False)."""
+  labels = taxonomy.remap_labels(batch["label"], luts, batch["dataset"])
+  if "valid" in batch:
+    labels = jnp.where(batch["valid"][:, None, None], labels, taxonomy.IGNORE)
+  return labels
+
+
 def dataset_pixel_accuracy(
-  logits: jax.Array, labels: jax.Array, dataset: jax.Array, num_datasets: int
+  logits: jax.Array,
+  labels: jax.Array,
+  dataset: jax.Array,
+  num_datasets: int,
+  counts: jax.Array | None = None,
 ) -> jax.Array:
   """(num_datasets,) correct / valid pixels of each dataset's crops (the official training log's
-  accuracy, one GPU per dataset); 0 for a dataset without valid pixels."""
-  valid = labels != taxonomy.IGNORE
-  correct = valid & (jnp.argmax(logits, axis=-1) == labels)
+  accuracy, one GPU per dataset); 0 for a dataset without valid pixels. `counts` as in
+  `multi_dataset_loss` (a micro-batch's accuracies then add up to the step's)."""
+  correct = (labels != taxonomy.IGNORE) & (jnp.argmax(logits, axis=-1) == labels)
   sums = jax.ops.segment_sum(correct.sum(axis=(1, 2), dtype=jnp.float32), dataset, num_datasets)
-  counts = jax.ops.segment_sum(valid.sum(axis=(1, 2), dtype=jnp.float32), dataset, num_datasets)
+  if counts is None:
+    counts = dataset_counts(labels, dataset, num_datasets)
   return sums / jnp.maximum(counts, 1.0)
 
 
 def forward_loss(
-  params, batch_stats, batch: Batch, *, model: models.HRNet, luts: np.ndarray, rng=None
+  params,
+  batch_stats,
+  batch: Batch,
+  *,
+  model: models.HRNet,
+  luts: np.ndarray,
+  rng=None,
+  counts: jax.Array | None = None,
 ):
   """Train-mode forward and loss. Returns (loss, (new batch_stats, {"dataset_loss",
   "dataset_pixel_acc"})), per-dataset loss and pixel accuracy.
 
-  A PSPNet adds aux_weight x its aux head's loss (per dataset, as the main loss); `rng` draws
-  its dropout masks. The pixel accuracy is the main head's.
+  Slots with batch["valid"] False (padding) count in neither the BatchNorm statistics nor the
+  loss. `counts`: see `multi_dataset_loss` (the pixel accuracy is divided by them too). A PSPNet
+  adds aux_weight x its aux head's loss (per dataset, as the main loss); `rng` draws its dropout
+  masks. The pixel accuracy is the main head's.
   """
   images = normalize(batch["image"], model.dtype)
-  labels = taxonomy.remap_labels(batch["label"], luts, batch["dataset"])
+  labels = training_labels(batch, luts)
+  masked = {"mask": batch["valid"]} if "valid" in batch else {}
   variables = {"params": params, "batch_stats": batch_stats}
+  n = luts.shape[0]
   if not isinstance(model, models.PSPNet):
-    logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
-    loss, per_dataset, _ = multi_dataset_loss(logits, labels, batch["dataset"], luts.shape[0])
-    accuracy = dataset_pixel_accuracy(logits, labels, batch["dataset"], luts.shape[0])
+    logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"], **masked)
+    loss, per_dataset, _ = multi_dataset_loss(logits, labels, batch["dataset"], n, counts)
+    accuracy = dataset_pixel_accuracy(logits, labels, batch["dataset"], n, counts)
     return loss, (
       updates["batch_stats"],
       {"dataset_loss": per_dataset, "dataset_pixel_acc": accuracy},
     )
   rngs = {} if rng is None else {"dropout": rng}
   (logits, aux), updates = model.apply(
-    variables, images, train=True, return_aux=True, mutable=["batch_stats"], rngs=rngs
+    variables, images, train=True, return_aux=True, mutable=["batch_stats"], rngs=rngs, **masked
   )
-  main, main_per_dataset, _ = multi_dataset_loss(logits, labels, batch["dataset"], luts.shape[0])
-  aux, aux_per_dataset, _ = multi_dataset_loss(aux, labels, batch["dataset"], luts.shape[0])
+  main, main_per_dataset, _ = multi_dataset_loss(logits, labels, batch["dataset"], n, counts)
+  aux, aux_per_dataset, _ = multi_dataset_loss(aux, labels, batch["dataset"], n, counts)
   weight = model.config.aux_weight
-  accuracy = dataset_pixel_accuracy(logits, labels, batch["dataset"], luts.shape[0])
+  accuracy = dataset_pixel_accuracy(logits, labels, batch["dataset"], n, counts)
   return main + weight * aux, (
     updates["batch_stats"],
     {"dataset_loss": main_per_dataset + weight * aux_per_dataset, "dataset_pixel_acc": accuracy},
@@ -327,6 +489,55 @@ def apply_gradients(state: State, grads, batch_stats, *, tx: optax.GradientTrans
     "batch_stats": batch_stats,
     "opt_state": opt_state,
   }
+
+
+def split_micro_batches(batch: Batch, micro_batches: int) -> Batch:
+  """(S, ...) -> (micro_batches, S / micro_batches, ...): micro-batch j holds slots
+  [j*m, (j+1)*m) of every device's share (m = its slots / micro_batches), still sharded."""
+  mesh = jax.sharding.get_abstract_mesh()
+  devices = 1 if mesh.empty else mesh.shape["data"]
+
+  def split(x):
+    x = x.reshape(devices, micro_batches, -1, *x.shape[1:]).swapaxes(0, 1)
+    x = x.reshape(micro_batches, -1, *x.shape[3:])
+    return x if mesh.empty else jax.lax.with_sharding_constraint(x, P(None, "data"))
+
+  return {k: split(v) for k, v in batch.items()}
+
+
+def micro_batch_gradients(
+  loss_fn, params, batch_stats, batch: Batch, *, luts: np.ndarray, rng, micro_batches: int
+):
+  """Loss, (new batch_stats, per-dataset metrics) and gradients of the step, one micro-batch at a
+  time (`jax.lax.scan`): `loss_fn` is `forward_loss` with its model and luts.
+
+  Losses, per-dataset losses and pixel accuracies, and gradients add up to the step's (each
+  micro-batch divides by the valid pixel counts of the whole step). Not the same math as one
+  pass: each micro-batch normalizes with its own BatchNorm statistics; the new running
+  statistics are the average of the micro-batches' updates, weighted by their real crops.
+  """
+  counts = dataset_counts(training_labels(batch, luts), batch["dataset"], luts.shape[0])
+  micro = split_micro_batches(batch, micro_batches)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def body(carry, xs):
+    index, part = xs
+    crops = part["valid"].sum(dtype=jnp.float32) if "valid" in part else part["image"].shape[0]
+    (loss, (stats, dataset_metrics)), grads = grad_fn(
+      params, batch_stats, part, rng=jax.random.fold_in(rng, index), counts=counts
+    )
+    new = (loss, dataset_metrics, grads, jax.tree.map(lambda x: crops * x, stats), crops)
+    return jax.tree.map(jnp.add, carry, new), None
+
+  per_dataset = {"dataset_loss": counts, "dataset_pixel_acc": counts}
+  zeros = jax.tree.map(
+    jnp.zeros_like,
+    (jnp.zeros(()), per_dataset, params, batch_stats, jnp.zeros(())),
+  )
+  (loss, dataset_metrics, grads, stats, crops), _ = jax.lax.scan(
+    body, zeros, (jnp.arange(micro_batches), micro)
+  )
+  return (loss, (jax.tree.map(lambda x: x / crops, stats), dataset_metrics)), grads
 
 
 def mgda_value_and_grad(
@@ -362,8 +573,7 @@ def mgda_value_and_grad(
   task_grads = jax.lax.map(
     lambda e: vjp(e)[0], jnp.eye(num, dtype=per_dataset.dtype), batch_size=tasks_per_pass
   )
-  labels = taxonomy.remap_labels(batch["label"], luts, batch["dataset"])
-  pixels = jax.ops.segment_sum((labels != taxonomy.IGNORE).sum(axis=(1, 2)), batch["dataset"], num)
+  pixels = dataset_counts(training_labels(batch, luts), batch["dataset"], num)
   weights = mgda.task_weights(task_grads, per_dataset, pixels > 0, normalization)
   dataset_metrics = {**dataset_metrics, "mgda_weights": weights}
   return (loss, (new_stats, dataset_metrics)), mgda.combine(task_grads, weights)
@@ -379,21 +589,28 @@ def train_step(
   schedule: optax.Schedule,
   seed: int = 0,
   mgda_options: Mapping[str, Any] | None = None,
+  micro_batches: int = 1,
 ) -> tuple[State, dict[str, jax.Array]]:
   """One SGD step on a global batch. Pure; jit it with the state donated.
 
-  Dropout (PSPNet) draws from key(seed) folded with the step. mgda_options: None for the plain
-  mean of the datasets' gradients, else the keyword arguments `normalization` and
-  `tasks_per_pass` of `mgda_value_and_grad`.
+  mgda_options: None for the plain mean of the datasets' gradients, else the keyword arguments
+  `normalization` and `tasks_per_pass` of `mgda_value_and_grad`. `micro_batches` > 1 runs the
+  step in that many passes (`micro_batch_gradients`; not with MGDA). Dropout (PSPNet) draws
+  from key(seed) folded with the step (and the micro-batch).
   """
   rng = jax.random.fold_in(jax.random.key(seed), state["step"])
-  if mgda_options is None:
-    grad_fn = jax.value_and_grad(
-      functools.partial(forward_loss, model=model, luts=luts, rng=rng), has_aux=True
-    )
-  else:
+  loss_fn = functools.partial(forward_loss, model=model, luts=luts)
+  if mgda_options is not None:
+    if micro_batches > 1:
+      raise ValueError("MGDA needs the whole step in one pass (micro_batches=1)")
     grad_fn = functools.partial(
       mgda_value_and_grad, model=model, luts=luts, rng=rng, **mgda_options
+    )
+  elif micro_batches == 1:
+    grad_fn = jax.value_and_grad(functools.partial(loss_fn, rng=rng), has_aux=True)
+  else:
+    grad_fn = functools.partial(
+      micro_batch_gradients, loss_fn, luts=luts, rng=rng, micro_batches=micro_batches
     )
   (loss, (batch_stats, dataset_metrics)), grads = grad_fn(
     state["params"], state["batch_stats"], batch
@@ -456,6 +673,29 @@ def make_mesh() -> jax.sharding.Mesh:
   return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
+def pad_host_batch(host_batch: Mapping[str, np.ndarray], plan: Plan, process: int) -> dict:
+  """This process's crops laid out in its devices' slots, with "valid" False in the padding
+  (zero images, labels 255, dataset 0). Unchanged when the plan has no padding."""
+  if not plan.padded:
+    return dict(host_batch)
+  per_process = plan.devices // plan.processes
+  crops = plan.device_crops()[process * per_process : (process + 1) * per_process]
+  slots = len(crops) * plan.device_slots
+  rows = np.concatenate(
+    [d * plan.device_slots + np.arange(n) for d, n in enumerate(crops)]
+  )  # where this process's crops go among its slots
+  if len(rows) != len(host_batch["image"]):
+    raise ValueError(
+      f"process {process} got {len(host_batch['image'])} crops, expected {len(rows)}"
+    )
+  out = {}
+  for key, value in {**host_batch, "valid": np.ones(len(rows), bool)}.items():
+    fill = taxonomy.IGNORE if key == "label" else 0
+    out[key] = np.full((slots, *value.shape[1:]), fill, value.dtype)
+    out[key][rows] = value
+  return out
+
+
 def global_batch(host_batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> Batch:
   """This process's rows -> global arrays sharded on "data"."""
   return {
@@ -489,6 +729,31 @@ class _Preemption:
     if jax.process_count() == 1:
       return self._flag.is_set()
     return self._manager.reached_preemption(step)
+
+
+class ResumeMismatch(ValueError):
+  """The checkpoint to resume was trained with a config that computes differently."""
+
+
+def check_resume(manager: ocp.CheckpointManager, step: int, plan: Plan) -> None:
+  """Raises ResumeMismatch listing the math-changing differences between the checkpoint's plan
+  and `plan`, unless `config.resume_despite_changes`."""
+  if "plan" not in manager.item_metadata(step):
+    note(f"Checkpoint {step} records no config; resuming unchecked")
+    return
+  saved = manager.restore(step, args=ocp.args.Composite(plan=ocp.args.JsonRestore()))["plan"]
+  changes = config_changes(saved, plan.to_json())
+  if not changes:
+    return
+  lines = "\n  ".join(changes)
+  if plan.config.resume_despite_changes:
+    note(f"Resuming step {step} despite config changes (checkpoint -> now):\n  {lines}")
+    return
+  raise ResumeMismatch(
+    f"{manager.directory} (step {step}) was trained with another config; changes "
+    f"(checkpoint -> now):\n  {lines}\nUse a new --workdir, or go on anyway with "
+    "--config.resume_despite_changes=True"
+  )
 
 
 def check_finite(fetched: list[tuple[int, dict]]) -> None:
@@ -617,8 +882,13 @@ def train(plan: Plan, workdir: str | Path) -> tuple[models.HRNet, dict] | None:
   config = plan.config
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  if jax.process_index() == 0:
-    (workdir / "config.json").write_text(json.dumps(plan.to_json(), indent=2) + "\n")
+  primary = jax.process_index() == 0
+  if (plan.devices, plan.processes) != (jax.device_count(), jax.process_count()):
+    raise ValueError(
+      f"the plan is for {plan.devices} devices in {plan.processes} processes, this run has "
+      f"{jax.device_count()} in {jax.process_count()}"
+    )
+  note(plan.summary())
   model = models.build(plan.model, DTYPES[config.dtype])
   tx, schedule = create_optimizer(config.optim, plan.total_steps)
 
@@ -649,6 +919,10 @@ def train(plan: Plan, workdir: str | Path) -> tuple[models.HRNet, dict] | None:
   )
   manager = ocp.CheckpointManager((workdir / "checkpoints").absolute(), options=options)
   latest = manager.latest_step()
+  if latest is not None:
+    check_resume(manager, latest, plan)
+  if primary:
+    (workdir / "config.json").write_text(json.dumps(plan.to_json(), indent=2) + "\n")
   if latest is None:
     state = jax.jit(functools.partial(init_state, model, tx), out_shardings=replicated)(
       rng, initial_variables(plan, model, rng)
@@ -682,6 +956,7 @@ def train(plan: Plan, workdir: str | Path) -> tuple[models.HRNet, dict] | None:
       schedule=schedule,
       seed=config.seed,
       mgda_options=mgda_options,
+      micro_batches=plan.micro_batches,
     ),
     donate_argnums=0,
     out_shardings=replicated,
@@ -698,7 +973,9 @@ def train(plan: Plan, workdir: str | Path) -> tuple[models.HRNet, dict] | None:
     manager.save(
       step,
       args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data_iter=grain.checkpoint.CheckpointSave(data_iter)
+        state=ocp.args.StandardSave(state),
+        data_iter=grain.checkpoint.CheckpointSave(data_iter),
+        plan=ocp.args.JsonSave(plan.to_json()),
       ),
     )
 
@@ -715,7 +992,8 @@ def train(plan: Plan, workdir: str | Path) -> tuple[models.HRNet, dict] | None:
   try:
     with _Preemption(manager) as preemption:
       for step in range(start + 1, plan.total_steps + 1):
-        state, metrics = step_fn(state, global_batch(next(data_iter), data_sharding))
+        host = pad_host_batch(next(data_iter), plan, jax.process_index())
+        state, metrics = step_fn(state, global_batch(host, data_sharding))
         log.add(step, metrics)
         bar.update()
         if step == start + 1:
@@ -754,9 +1032,10 @@ def train(plan: Plan, workdir: str | Path) -> tuple[models.HRNet, dict] | None:
   if preempted:
     return None
   variables = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
-  models.save_checkpoint(
+  models.save_checkpoint(  # collective, written once
     workdir / "model", plan.model, variables, taxonomy=model_taxonomy(plan), name=workdir.name
   )
+  barrier("model saved")
   return models.build(plan.model), variables
 
 
@@ -797,16 +1076,28 @@ def evaluate(
 
 
 def ensure_data(config: ml_collections.ConfigDict) -> None:
-  """Writes the synthetic composite at data.data_root if `data.synthetic` and it is missing."""
+  """Writes the synthetic composite at data.data_root if `data.synthetic` and it is missing
+  (the primary process; the others wait)."""
   root = Path(config.data.data_root)
-  if config.data.synthetic and not root.exists():
+  if config.data.synthetic and not root.exists() and jax.process_index() == 0:
     note(f"Writing the synthetic composite to {root}")
     synthetic.write_synthetic(root, seed=config.seed)
+  barrier("synthetic data")
+
+
+def barrier(name: str) -> None:
+  """Waits until every process gets here (nothing with one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
 
 
 def initialize_distributed(config: ml_collections.ConfigDict) -> None:
-  """`jax.distributed.initialize` for multi-host runs; unset fields are auto-detected."""
+  """`jax.distributed.initialize` for multi-host runs; unset fields are auto-detected.
+
+  CPU devices talk through `distributed.cpu_collectives` (gloo: any CPU cluster with TCP).
+  """
   if config.distributed.enabled:
+    jax.config.update("jax_cpu_collectives_implementation", config.distributed.cpu_collectives)
     jax.distributed.initialize(
       coordinator_address=config.distributed.coordinator_address,
       num_processes=config.distributed.num_processes,
@@ -826,7 +1117,10 @@ def main(argv: list[str]) -> None:
   initialize_distributed(config)
   plan = make_plan(config)
   ensure_data(config)
-  result = train(plan, _WORKDIR.value)
+  try:
+    result = train(plan, _WORKDIR.value)
+  except ResumeMismatch as e:
+    sys.exit(f"error: {e}")
   if result is None:
     sys.exit(128 + signal.SIGTERM)
   evaluate(config, _WORKDIR.value, *result)

@@ -89,8 +89,14 @@ def test_processes_yield_their_rows_of_the_global_batch(data_root, first_batches
       np.testing.assert_array_equal(
         np.concatenate([p[step][key] for p in parts]), first_batches[step][key]
       )
-  with pytest.raises(ValueError, match="global batch .* must divide evenly over 2 processes"):
-    _dataset(data_root, process_index=0, process_count=2)
+  # 5 rows over 2 processes: rows [0, 2) and [2, 5)
+  halves = [_take(iter(_dataset(data_root, process_index=p, process_count=2)), 1) for p in (0, 1)]
+  assert [len(h[0]["image"]) for h in halves] == [2, 3]
+  np.testing.assert_array_equal(
+    np.concatenate([h[0]["image"] for h in halves]), first_batches[0]["image"]
+  )
+  with pytest.raises(ValueError, match="fewer crops than the 6 processes"):
+    _dataset(data_root, process_index=0, process_count=6)
 
 
 def test_bad_arguments(data_root):

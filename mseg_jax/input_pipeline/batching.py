@@ -78,11 +78,14 @@ def dataset_examples(
 def local_rows(
   shares: Sequence[int], process_index: int, process_count: int
 ) -> list[tuple[int, int]]:
-  """Per dataset, the [lo, hi) rows of its share that process `process_index` yields."""
+  """Per dataset, the [lo, hi) rows of its share that process `process_index` yields.
+
+  Process p holds rows [floor(p*G/P), floor((p+1)*G/P)) of the global batch G: any G >= P.
+  """
   total = sum(shares)
-  if total % process_count:
+  if total < process_count:
     raise ValueError(
-      f"the global batch ({' + '.join(map(str, shares))} = {total}) must divide evenly over "
+      f"the global batch ({' + '.join(map(str, shares))} = {total}) has fewer crops than the "
       f"{process_count} processes"
     )
   lo, hi = process_index * total // process_count, (process_index + 1) * total // process_count
@@ -114,9 +117,10 @@ def train_dataset(
   """Infinite host batches {"image": uint8 (B, h, w, 3), "label": uint8 (B, h, w) in each
   dataset's own ids, "dataset": int32 (B,) index into `datasets`}.
 
-  B = sum(shares) / process_count: process p yields rows [p*G/P, (p+1)*G/P) of the global batch
-  G (use `jax.process_index()` / `jax.process_count()`). `num_workers` > 0 computes batches in
-  that many processes (grain `mp_prefetch`), `num_threads` threads each (or in-process).
+  Process p yields rows [floor(p*G/P), floor((p+1)*G/P)) of the global batch G = sum(shares)
+  (use `jax.process_index()` / `jax.process_count()`); the train loop pads them to its slots.
+  `num_workers` > 0 computes batches in that many processes (grain `mp_prefetch`),
+  `num_threads` threads each (or in-process).
   """
   if len(datasets) != len(shares) or not datasets:
     raise ValueError(f"need one share per dataset, got {list(datasets)} and {list(shares)}")

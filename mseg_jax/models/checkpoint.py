@@ -42,7 +42,9 @@ def save_checkpoint(
   """Writes config + params + batch_stats (fp32) to `directory`, replacing a previous model.
 
   `taxonomy` (checked against the class count) defaults to the only taxonomy with the model's
-  class count (a ValueError if several have it); `name` to the directory's name.
+  class count (a ValueError if several have it); `name` to the directory's name. With several
+  processes every one calls it (orbax's save is collective); files are written once, by
+  process 0.
   """
   directory = Path(directory).absolute()
   if taxonomy is None:
@@ -59,7 +61,8 @@ def save_checkpoint(
     "taxonomy": taxonomy,
     "name": name or directory.name,
   }
-  (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+  if jax.process_index() == 0:
+    (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(directory / VARIABLES_DIR, state, force=True)
     checkpointer.wait_until_finished()

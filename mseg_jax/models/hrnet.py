@@ -92,7 +92,8 @@ class BatchNorm(nn.Module):
   Train: normalizes with the biased variance of the whole batch it sees (no axis_name; under
   jit with a sharded batch XLA makes the statistics global) and updates the running variance
   with the unbiased one, n/(n-1), as torch. `momentum` is Flax-style (torch 0.01 = 0.99).
-  Statistics are computed in fp32 whatever the compute dtype.
+  Statistics are computed in fp32 whatever the compute dtype. `mask` (N,) marks the rows
+  that count: the others (padding) are left out of the statistics, as if absent.
   """
 
   momentum: float = 0.99
@@ -100,7 +101,7 @@ class BatchNorm(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+  def __call__(self, x: jnp.ndarray, train: bool, mask: jnp.ndarray | None = None) -> jnp.ndarray:
     c = x.shape[-1]
     scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
@@ -111,13 +112,21 @@ class BatchNorm(nn.Module):
       shift = bias - running_mean.value * mul
       return x * mul.astype(self.dtype) + shift.astype(self.dtype)
     x32 = x.astype(jnp.float32)
-    mean = jnp.mean(x32, axis=(0, 1, 2))
-    var = jnp.mean(jnp.square(x32 - mean), axis=(0, 1, 2))
-    if not self.is_initializing():
+    if mask is None:
       n = x.size // c
+      mean = jnp.mean(x32, axis=(0, 1, 2))
+      var = jnp.mean(jnp.square(x32 - mean), axis=(0, 1, 2))
+      unbiased = n / max(n - 1, 1)
+    else:
+      w = mask.astype(jnp.float32)[:, None, None, None]
+      n = jnp.sum(mask.astype(jnp.float32)) * (x.size // (c * x.shape[0]))
+      mean = jnp.sum(x32 * w, axis=(0, 1, 2)) / jnp.maximum(n, 1)
+      var = jnp.sum(jnp.square(x32 - mean) * w, axis=(0, 1, 2)) / jnp.maximum(n, 1)
+      unbiased = n / jnp.maximum(n - 1, 1)
+    if not self.is_initializing():
       m = self.momentum
       running_mean.value = m * running_mean.value + (1 - m) * mean
-      running_var.value = m * running_var.value + (1 - m) * var * (n / max(n - 1, 1))
+      running_var.value = m * running_var.value + (1 - m) * var * unbiased
     y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
     return y.astype(self.dtype)
 
@@ -176,7 +185,8 @@ class HRNet(nn.Module):
   Input: normalized NHWC images of any size. The official code asserts (H-1) % 8 == 0 and
   (W-1) % 8 == 0 (crops 473, 593, 713); this port accepts any size and computes exactly what
   the official forward would (stride-2 convs give ceil(n/2), resizes target explicit sizes).
-  Params are fp32; `dtype` is the compute dtype (bf16 on accelerators).
+  Params are fp32; `dtype` is the compute dtype (bf16 on accelerators). In training, `mask`
+  (N,) leaves the rows it marks False (padding) out of every BatchNorm's statistics.
   Activations are sown into "intermediates" (stem_out, layer1_out, stage{s}_in_{b},
   stage{s}_out_{b}, concat, logits_quarter) for `mutable=["intermediates"]`; the
   inference-only `bn_folded` variant (see `fold_batch_norm`) never builds "concat".
@@ -212,6 +222,7 @@ class HRNet(nn.Module):
     kernel: int,
     stride: int,
     train: bool,
+    mask: jnp.ndarray | None,
     bias: bool = False,
   ):
     """Conv then BatchNorm; one conv with bias when the BN is folded into it."""
@@ -220,95 +231,103 @@ class HRNet(nn.Module):
         raise ValueError("HRNet with bn_folded=True is inference-only (use train=False)")
       return self._conv(x, conv, features, kernel, stride, bias=True)
     x = self._conv(x, conv, features, kernel, stride, bias)
-    return BatchNorm(dtype=self.dtype, name=bn)(x, train)
+    return BatchNorm(dtype=self.dtype, name=bn)(x, train, mask)
 
-  def _bottleneck(self, x, name: str, planes: int, train: bool):
+  def _bottleneck(self, x, name: str, planes: int, train: bool, mask):
     width = planes * BOTTLENECK_EXPANSION
-    out = nn.relu(self._conv_bn(x, f"{name}.conv1", f"{name}.bn1", planes, 1, 1, train))
-    out = nn.relu(self._conv_bn(out, f"{name}.conv2", f"{name}.bn2", planes, 3, 1, train))
-    out = self._conv_bn(out, f"{name}.conv3", f"{name}.bn3", width, 1, 1, train)
+    out = nn.relu(self._conv_bn(x, f"{name}.conv1", f"{name}.bn1", planes, 1, 1, train, mask))
+    out = nn.relu(self._conv_bn(out, f"{name}.conv2", f"{name}.bn2", planes, 3, 1, train, mask))
+    out = self._conv_bn(out, f"{name}.conv3", f"{name}.bn3", width, 1, 1, train, mask)
     if x.shape[-1] != width:
-      x = self._conv_bn(x, f"{name}.downsample.0", f"{name}.downsample.1", width, 1, 1, train)
+      x = self._conv_bn(x, f"{name}.downsample.0", f"{name}.downsample.1", width, 1, 1, train, mask)
     return materialize(nn.relu(out + x))
 
-  def _basic_block(self, x, name: str, train: bool):
+  def _basic_block(self, x, name: str, train: bool, mask):
     width = x.shape[-1]
-    out = nn.relu(self._conv_bn(x, f"{name}.conv1", f"{name}.bn1", width, 3, 1, train))
-    out = self._conv_bn(out, f"{name}.conv2", f"{name}.bn2", width, 3, 1, train)
+    out = nn.relu(self._conv_bn(x, f"{name}.conv1", f"{name}.bn1", width, 3, 1, train, mask))
+    out = self._conv_bn(out, f"{name}.conv2", f"{name}.bn2", width, 3, 1, train, mask)
     return materialize(nn.relu(out + x))
 
-  def _sequential(self, x, name: str, features: int, kernel: int, stride: int, train: bool):
+  def _sequential(self, x, name: str, features: int, kernel: int, stride: int, train: bool, mask):
     """Sequential(conv, BN) under `name.0`, `name.1`."""
-    return self._conv_bn(x, f"{name}.0", f"{name}.1", features, kernel, stride, train)
+    return self._conv_bn(x, f"{name}.0", f"{name}.1", features, kernel, stride, train, mask)
 
-  def _transition(self, xs, name: str, widths: tuple[int, ...], train: bool):
+  def _transition(self, xs, name: str, widths: tuple[int, ...], train: bool, mask):
     """Adapts existing branches to `widths` and adds the new one from the lowest resolution."""
     out = []
     for b, width in enumerate(widths):
       if b < len(xs):
         x = xs[b]
         if x.shape[-1] != width:
-          x = nn.relu(self._sequential(x, f"{name}.{b}", width, 3, 1, train))
+          x = nn.relu(self._sequential(x, f"{name}.{b}", width, 3, 1, train, mask))
       else:
-        x = nn.relu(self._sequential(xs[-1], f"{name}.{b}.0", width, 3, 2, train))
+        x = nn.relu(self._sequential(xs[-1], f"{name}.{b}.0", width, 3, 2, train, mask))
       out.append(x)
     return out
 
-  def _fuse_term(self, x, name: str, i: int, j: int, target, train: bool):
+  def _fuse_term(self, x, name: str, i: int, j: int, target, train: bool, mask):
     """F(i, j): branch j brought to branch i's resolution and width."""
     if j > i:
-      x = self._sequential(x, name, target.shape[-1], 1, 1, train)
+      x = self._sequential(x, name, target.shape[-1], 1, 1, train, mask)
       return resize_bilinear(x, target.shape[1:3], align_corners=False)
     for k in range(i - j):
       last = k == i - j - 1
-      x = self._sequential(x, f"{name}.{k}", target.shape[-1] if last else x.shape[-1], 3, 2, train)
+      x = self._sequential(
+        x, f"{name}.{k}", target.shape[-1] if last else x.shape[-1], 3, 2, train, mask
+      )
       if not last:
         x = nn.relu(x)
     return x
 
-  def _hr_module(self, xs, name: str, blocks: tuple[int, ...], train: bool):
+  def _hr_module(self, xs, name: str, blocks: tuple[int, ...], train: bool, mask):
     """HighResolutionModule: BasicBlocks per branch, then the all-to-all SUM fuse."""
     xs = list(xs)
     for b, num in enumerate(blocks):
       for k in range(num):
-        xs[b] = self._basic_block(xs[b], f"{name}.branches.{b}.{k}", train)
+        xs[b] = self._basic_block(xs[b], f"{name}.branches.{b}.{k}", train, mask)
     out = []
     for i in range(len(xs)):
       y = (
-        xs[0] if i == 0 else self._fuse_term(xs[0], f"{name}.fuse_layers.{i}.0", i, 0, xs[i], train)
+        xs[0]
+        if i == 0
+        else self._fuse_term(xs[0], f"{name}.fuse_layers.{i}.0", i, 0, xs[i], train, mask)
       )
       for j in range(1, len(xs)):
         y = y + (
           xs[j]
           if i == j
-          else self._fuse_term(xs[j], f"{name}.fuse_layers.{i}.{j}", i, j, xs[i], train)
+          else self._fuse_term(xs[j], f"{name}.fuse_layers.{i}.{j}", i, j, xs[i], train, mask)
         )
       out.append(materialize(nn.relu(y)))
     return out
 
   @nn.compact
   def __call__(
-    self, x: jnp.ndarray, train: bool = False, return_quarter: bool = False
+    self,
+    x: jnp.ndarray,
+    train: bool = False,
+    return_quarter: bool = False,
+    mask: jnp.ndarray | None = None,
   ) -> jnp.ndarray:
     cfg = self.config
     h, w = x.shape[1:3]
     x = x.astype(self.dtype)
-    x = nn.relu(self._conv_bn(x, "conv1", "bn1", STEM_WIDTH, 3, 2, train))
-    x = nn.relu(self._conv_bn(x, "conv2", "bn2", STEM_WIDTH, 3, 2, train))
+    x = nn.relu(self._conv_bn(x, "conv1", "bn1", STEM_WIDTH, 3, 2, train, mask))
+    x = nn.relu(self._conv_bn(x, "conv2", "bn2", STEM_WIDTH, 3, 2, train, mask))
     self.sow("intermediates", "stem_out", x)
     for b in range(cfg.stage1_blocks):
-      x = self._bottleneck(x, f"layer1.{b}", cfg.stage1_planes, train)
+      x = self._bottleneck(x, f"layer1.{b}", cfg.stage1_planes, train, mask)
     self.sow("intermediates", "layer1_out", x)
     xs = [x]
     for k, (modules, blocks, widths) in enumerate(
       zip(cfg.stage_modules, cfg.stage_blocks, cfg.stage_widths, strict=True)
     ):
       stage = k + 2
-      xs = self._transition(xs, f"transition{stage - 1}", widths, train)
+      xs = self._transition(xs, f"transition{stage - 1}", widths, train, mask)
       for b, xb in enumerate(xs):
         self.sow("intermediates", f"stage{stage}_in_{b}", xb)
       for m in range(modules):
-        xs = self._hr_module(xs, f"stage{stage}.{m}", blocks, train)
+        xs = self._hr_module(xs, f"stage{stage}.{m}", blocks, train, mask)
       for b, xb in enumerate(xs):
         self.sow("intermediates", f"stage{stage}_out_{b}", xb)
 
@@ -321,7 +340,9 @@ class HRNet(nn.Module):
       )
       self.sow("intermediates", "concat", x)
       x = nn.relu(
-        self._conv_bn(x, "last_layer.0", "last_layer.1", cfg.head_width, 1, 1, train, bias=True)
+        self._conv_bn(
+          x, "last_layer.0", "last_layer.1", cfg.head_width, 1, 1, train, mask, bias=True
+        )
       )
     x = self._conv(x, "last_layer.3", cfg.num_classes, 1, bias=True).astype(jnp.float32)
     self.sow("intermediates", "logits_quarter", x)

@@ -92,9 +92,10 @@ class PSPNet(nn.Module):
   asserts (crops 473, 593, 713). `return_aux=True` also returns the aux head's logits (on
   layer3, upsampled the same way); training uses them with weight `config.aux_weight`. Training
   with dropout > 0 needs a "dropout" rng, and a batch of at least 2 (the bin-1 PPM BatchNorm).
-  Params are fp32; `dtype` is the compute dtype. Activations are sown into "intermediates"
-  (layer0_out .. layer4_out, ppm_branch{b}_pooled, cls_features, logits_eighth, aux_features,
-  aux_eighth).
+  Params are fp32; `dtype` is the compute dtype. In training, `mask` (N,) leaves the rows it
+  marks False (padding) out of every BatchNorm's statistics. Activations are sown into
+  "intermediates" (layer0_out .. layer4_out, ppm_branch{b}_pooled, cls_features, logits_eighth,
+  aux_features, aux_eighth).
   """
 
   config: PSPNetConfig
@@ -117,40 +118,54 @@ class PSPNet(nn.Module):
       name=name,
     )(x)
 
-  def _conv_bn(self, x, conv: str, bn: str, features: int, kernel: int, train: bool, **kw):
+  def _conv_bn(self, x, conv: str, bn: str, features: int, kernel: int, train: bool, mask, **kw):
     """Conv then BatchNorm (momentum 0.1); one conv with bias when the BN is folded into it."""
     if self.bn_folded:
       if train:
         raise ValueError("PSPNet with bn_folded=True is inference-only (use train=False)")
       return self._conv(x, conv, features, kernel, bias=True, **kw)
     x = self._conv(x, conv, features, kernel, **kw)
-    return BatchNorm(momentum=BN_MOMENTUM, dtype=self.dtype, name=bn)(x, train)
+    return BatchNorm(momentum=BN_MOMENTUM, dtype=self.dtype, name=bn)(x, train, mask)
 
-  def _bottleneck(self, x, name: str, planes: int, stride: int, dilation: int, train: bool):
+  def _bottleneck(self, x, name: str, planes: int, stride: int, dilation: int, train: bool, mask):
     """The stride and dilation sit on conv2 (3x3); block 0 of a layer has the downsample."""
     width = planes * EXPANSION
-    out = nn.relu(self._conv_bn(x, f"{name}.conv1", f"{name}.bn1", planes, 1, train))
+    out = nn.relu(self._conv_bn(x, f"{name}.conv1", f"{name}.bn1", planes, 1, train, mask))
     out = nn.relu(
       self._conv_bn(
-        out, f"{name}.conv2", f"{name}.bn2", planes, 3, train, stride=stride, dilation=dilation
+        out,
+        f"{name}.conv2",
+        f"{name}.bn2",
+        planes,
+        3,
+        train,
+        mask,
+        stride=stride,
+        dilation=dilation,
       )
     )
-    out = self._conv_bn(out, f"{name}.conv3", f"{name}.bn3", width, 1, train)
+    out = self._conv_bn(out, f"{name}.conv3", f"{name}.bn3", width, 1, train, mask)
     if stride != 1 or x.shape[-1] != width:
       x = self._conv_bn(
-        x, f"{name}.downsample.0", f"{name}.downsample.1", width, 1, train, stride=stride
+        x, f"{name}.downsample.0", f"{name}.downsample.1", width, 1, train, mask, stride=stride
       )
     return materialize(nn.relu(out + x))
 
-  def _head(self, x, name: str, width: int, train: bool):
+  def _head(self, x, name: str, width: int, train: bool, mask):
     """Sequential(conv3x3, BN, ReLU, Dropout2d, conv1x1 with bias) -> logits at 1/8."""
-    x = nn.relu(self._conv_bn(x, f"{name}.0", f"{name}.1", width, 3, train))
+    x = nn.relu(self._conv_bn(x, f"{name}.0", f"{name}.1", width, 3, train, mask))
     self.sow("intermediates", f"{name}_features", x)
     x = nn.Dropout(self.config.dropout, broadcast_dims=(1, 2), deterministic=not train)(x)
     return self._conv(x, f"{name}.4", self.config.num_classes, 1, bias=True).astype(jnp.float32)
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, train: bool = False, return_aux: bool = False):
+  def __call__(
+    self,
+    x: jnp.ndarray,
+    train: bool = False,
+    return_aux: bool = False,
+    mask: jnp.ndarray | None = None,
+  ):
     cfg = self.config
     n, h, w, _ = x.shape
     if (h - 1) % OUTPUT_STRIDE or (w - 1) % OUTPUT_STRIDE:
@@ -162,7 +177,7 @@ class PSPNet(nn.Module):
     x = x.astype(self.dtype)
     for i, (features, stride) in enumerate(((64, 2), (64, 1), (128, 1))):
       conv, bn = f"layer0.{3 * i}", f"layer0.{3 * i + 1}"
-      x = nn.relu(self._conv_bn(x, conv, bn, features, 3, train, stride=stride))
+      x = nn.relu(self._conv_bn(x, conv, bn, features, 3, train, mask, stride=stride))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     self.sow("intermediates", "layer0_out", x)
     # layer3 and layer4: every conv2 dilated 2 and 4, stride 1 (output stride 8)
@@ -170,7 +185,9 @@ class PSPNet(nn.Module):
     for k, num in enumerate(RESNET_BLOCKS[cfg.layers]):
       for b in range(num):
         stride = strides[k] if b == 0 else 1
-        x = self._bottleneck(x, f"layer{k + 1}.{b}", LAYER_PLANES[k], stride, dilations[k], train)
+        x = self._bottleneck(
+          x, f"layer{k + 1}.{b}", LAYER_PLANES[k], stride, dilations[k], train, mask
+        )
       self.sow("intermediates", f"layer{k + 1}_out", x)
       if k == 2:
         layer3 = x
@@ -181,14 +198,14 @@ class PSPNet(nn.Module):
     for i, b in enumerate(cfg.bins):
       name = f"ppm.features.{i}"
       y = adaptive_avg_pool(x, b)
-      y = nn.relu(self._conv_bn(y, f"{name}.1", f"{name}.2", reduction, 1, train))
+      y = nn.relu(self._conv_bn(y, f"{name}.1", f"{name}.2", reduction, 1, train, mask))
       self.sow("intermediates", f"ppm_branch{b}_pooled", y)
       branches.append(resize_bilinear(y, size, align_corners=True))
-    logits = self._head(jnp.concatenate(branches, axis=-1), "cls", CLS_WIDTH, train)
+    logits = self._head(jnp.concatenate(branches, axis=-1), "cls", CLS_WIDTH, train, mask)
     self.sow("intermediates", "logits_eighth", logits)
     logits = resize_bilinear(logits, (h, w), align_corners=True)
     if not (return_aux or self.is_initializing()):
       return logits
-    aux = self._head(layer3, "aux", AUX_WIDTH, train)
+    aux = self._head(layer3, "aux", AUX_WIDTH, train, mask)
     self.sow("intermediates", "aux_eighth", aux)
     return logits, resize_bilinear(aux, (h, w), align_corners=True)
