@@ -35,7 +35,9 @@ def get_config(arg: str = "1080p") -> ml_collections.ConfigDict:
     synthetic=False,
     crop_size=crop,
     short_size=short,
-    num_workers=16,
+    scale_range=(0.5, 2.0),  # official scale_min, scale_max
+    rotate_range=(-10.0, 10.0),  # official rotate_min, rotate_max (degrees)
+    num_workers=8,  # grain worker processes per host (README: 8-12 on GPU hosts)
   )
   config.batch_size = batch  # global; split evenly over the datasets, padded to the devices
   # crops one device runs in one forward/backward; a smaller share than the step's runs it in
@@ -59,6 +61,11 @@ def get_config(arg: str = "1080p") -> ml_collections.ConfigDict:
     coordinator_address=placeholder(str),
     num_processes=placeholder(int),
     process_id=placeholder(int),
+  )
+  # Optional validation during training: single-scale mIoU on the first `limit` images of each
+  # dataset's val list every `every_steps` steps (0: off), in metrics.jsonl and TensorBoard.
+  config.validation = dict(
+    every_steps=0, datasets=(), limit=300, base_size=1080, crop=713, batch_size=8
   )
   config.eval = dict(
     datasets=(),

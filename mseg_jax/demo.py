@@ -1,7 +1,8 @@
 """Segments an image, a directory of images or a video with the official test-time procedure.
 
   python -m mseg_jax.demo --checkpoint DIR --input IMAGE|DIR|VIDEO --output-dir OUT \
-      [--taxonomy universal|naive|<dataset>] [--base-size 360] [--scales ms] [--crop 713]
+      [--taxonomy universal|naive|<dataset>] [--classes person,car,road] \
+      [--save-probabilities [full]] [--base-size 360] [--scales ms] [--crop 713]
 
 The taxonomy is the model's own (universal, naive for a naive-merge model, or a dataset's), or
 a test dataset's for a universal or naive-merge model (regimes.output_regime). Writes
@@ -9,8 +10,19 @@ OUT/gray/<stem>.png (label maps in that taxonomy, lossless: uint8, or uint16 pas
 as in the naive taxonomy) and OUT/overlay/<stem>.jpg (colour overlay with a legend of the
 classes present). A video gives
 OUT/gray/<stem>_<frame>.png per frame and OUT/<stem>_overlay.mp4. Defaults are the official
-demo's (universal taxonomy, base size 360, multi-scale, crop 713). `--single-crop N` is the
-official batched demo (`universal_demo_batched.py`): one crop per frame, N frames per call.
+demo's (base size 360, multi-scale, crop 713) and the model's own taxonomy (recorded in its
+checkpoint; universal for the released models). `--single-crop N` is the official batched demo
+(`universal_demo_batched.py`): one crop per frame, N frames per call.
+
+A universal model also predicts in a test dataset's classes (the zero-shot projection: the
+probabilities of the universal classes that make up a test class are summed) and in a training
+dataset's (`outputs.training_projection`: each universal class feeds the dataset class that maps
+to it; where several do, only the one named like the universal class, else the lowest id, is
+ever predicted; the demo lists these). `--classes` keeps the named classes of the output
+taxonomy (ids 0.. in the given order) and turns every other predicted class into "other" (the
+last id) after the argmax, so kept pixels are the ones the full taxonomy predicts.
+`--save-probabilities` writes confidence/ (and probabilities/ with 'full', see `confidence.py`)
+in the output taxonomy, before --classes.
 """
 
 import argparse
@@ -24,8 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from mseg_jax import inference, models, regimes, single_crop, visualize
+from mseg_jax import confidence, inference, models, regimes, single_crop, taxonomy, visualize
 from mseg_jax.input_pipeline import sources
+from mseg_jax.taxonomy import outputs
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
@@ -64,13 +77,37 @@ def video_frames(path: Path) -> Iterator[np.ndarray]:
     raise DemoInputError(f"{path}: unreadable video (no frames decoded)")
 
 
+def demo_regime(output: str, model_taxonomy: str | None, num_classes: int) -> regimes.Regime:
+  """How a model in `model_taxonomy` (None: unknown, an older checkpoint) predicts in `output`:
+  as it is, or a universal model through a test or training dataset projection."""
+  if model_taxonomy is not None and output != model_taxonomy:
+    if model_taxonomy == outputs.UNIVERSAL and output in taxonomy.TRAIN_DATASETS:
+      names = tuple(taxonomy.class_names(output))
+      return regimes.Regime("projection", names, projection=outputs.training_projection(output))
+    if model_taxonomy not in (outputs.UNIVERSAL, outputs.NAIVE):
+      raise ValueError(
+        f"the model predicts in the {model_taxonomy} taxonomy (its checkpoint records it), "
+        f"not in {output}; use --taxonomy {model_taxonomy}"
+      )
+  return regimes.output_regime(output, num_classes)
+
+
 def _write(
   out_dir: Path, stem: str, image: np.ndarray, labels: np.ndarray, names: list[str]
-) -> np.ndarray:
+) -> None:
+  """OUT/gray/<stem>.png (the label map) and OUT/overlay/<stem>.jpg (overlay with a legend)."""
   cv2.imwrite(str(out_dir / "gray" / f"{stem}.png"), labels)
   overlay = visualize.overlay_with_legend(image, labels, names)
   cv2.imwrite(str(out_dir / "overlay" / f"{stem}.jpg"), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
-  return overlay
+
+
+def _predict(predictor, image, out_dir: Path, stem: str, lut, save_probabilities) -> np.ndarray:
+  """The label map of `image` (through `lut` if given); writes the probabilities if asked."""
+  probs, labels = predictor.probs(image)
+  if save_probabilities:
+    confidence.write_probabilities(out_dir, stem, probs, save_probabilities)
+  labels = np.asarray(labels)
+  return labels if lut is None else lut[labels]
 
 
 def run(
@@ -78,8 +115,15 @@ def run(
   input_path: str | Path,
   out_dir: str | Path,
   class_names: list[str],
+  *,
+  lut: np.ndarray | None = None,
+  save_probabilities: str | None = None,
 ) -> list[Path]:
-  """Segments `input_path` (image, directory or video) into `out_dir`; returns the grey maps."""
+  """Segments `input_path` (image, directory or video) into `out_dir`; returns the grey maps.
+
+  `lut` maps the predicted ids to `class_names` (`outputs.subset_lut`); `save_probabilities`
+  ("max" or "full") writes `confidence.write_probabilities`' files.
+  """
   input_path, out_dir = Path(input_path), Path(out_dir)
   if not input_path.exists():
     raise DemoInputError(f"{input_path}: input not found")
@@ -96,7 +140,8 @@ def run(
       list(zip(images, stems, strict=True)), desc="demo", unit="img", disable=len(images) < 2
     ):
       image = sources.load_image(path)
-      _write(out_dir, stem, image, np.asarray(predictor(image)), class_names)
+      labels = _predict(predictor, image, out_dir, stem, lut, save_probabilities)
+      _write(out_dir, stem, image, labels, class_names)
       written.append(out_dir / "gray" / f"{stem}.png")
     return written
   if input_path.suffix.lower() not in VIDEO_SUFFIXES:
@@ -114,8 +159,8 @@ def run(
     for i, frame in enumerate(
       tqdm.tqdm(video_frames(input_path), total=total, desc="demo", unit="frame")
     ):
-      labels = np.asarray(predictor(frame))
       stem = f"{input_path.stem}_{i:06d}"
+      labels = _predict(predictor, frame, out_dir, stem, lut, save_probabilities)
       cv2.imwrite(str(out_dir / "gray" / f"{stem}.png"), labels)
       written.append(out_dir / "gray" / f"{stem}.png")
       overlay = visualize.overlay_with_legend(frame, labels, class_names, fixed_size=True)
@@ -184,8 +229,20 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--output-dir", required=True)
   parser.add_argument(
     "--taxonomy",
-    default="universal",
-    help="'universal', 'naive' or a dataset whose classes to predict (e.g. camvid-11)",
+    help="'universal', 'naive' or a dataset whose classes to predict (e.g. camvid-11, "
+    "cityscapes-19); default: the model's own",
+  )
+  parser.add_argument(
+    "--classes",
+    help="comma-separated classes of that taxonomy to keep; every other class becomes 'other'",
+  )
+  parser.add_argument(
+    "--save-probabilities",
+    nargs="?",
+    const="max",
+    choices=confidence.MODES,
+    help="confidence/<stem>.png: the max probability x 255; 'full' adds "
+    "probabilities/<stem>.npz (float16 (H, W, K))",
   )
   parser.add_argument("--base-size", type=int, default=360)
   parser.add_argument("--scales", choices=("ss", "ms"), default="ms")
@@ -208,11 +265,25 @@ def main(argv: list[str] | None = None) -> None:
   args = parser.parse_args(argv)
 
   model, variables = models.load_checkpoint(args.checkpoint)
+  model_taxonomy = models.checkpoint_info(args.checkpoint).taxonomy
+  output = args.taxonomy or model_taxonomy
+  if output is None:
+    parser.error(
+      f"{args.checkpoint} records no taxonomy and its class count is ambiguous: name --taxonomy"
+    )
   try:
-    regime = regimes.output_regime(args.taxonomy, model.config.num_classes)
+    regime = demo_regime(output, model_taxonomy, model.config.num_classes)
+    names, lut = list(regime.class_names), None
+    if args.classes:
+      lut, names = outputs.subset_lut(names, args.classes.split(","))
   except ValueError as e:
     parser.error(str(e))
+  if regime.name == "projection":
+    for universal, (kept, never) in outputs.training_collisions(output).items():
+      print(f"note: universal {universal} -> {output} {kept!r}; never predicted: {never}")
   if args.single_crop:
+    if args.classes or args.save_probabilities:
+      parser.error("--single-crop writes label maps only: drop --classes/--save-probabilities")
     batched = single_crop.SingleCropPredictor(
       model,
       variables,
@@ -222,7 +293,6 @@ def main(argv: list[str] | None = None) -> None:
       dtype=jnp.dtype(args.dtype),
     )
     try:
-      names = list(regime.class_names)
       written = run_single_crop(batched, args.input, args.output_dir, names, args.single_crop)
     except (DemoInputError, sources.InputError) as e:
       sys.exit(f"mseg_jax.demo: error: {e}")
@@ -240,7 +310,14 @@ def main(argv: list[str] | None = None) -> None:
     dtype=jnp.dtype(args.dtype),
   )
   try:
-    written = run(predictor, args.input, args.output_dir, list(regime.class_names))
+    written = run(
+      predictor,
+      args.input,
+      args.output_dir,
+      names,
+      lut=lut,
+      save_probabilities=args.save_probabilities,
+    )
   except (DemoInputError, sources.InputError) as e:
     sys.exit(f"mseg_jax.demo: error: {e}")
   print(f"wrote {len(written)} label maps to {Path(args.output_dir) / 'gray'}")

@@ -1,13 +1,19 @@
 """Evaluates a model on dataset val splits with the official MSeg test-time procedure.
 
-  python -m mseg_jax.evaluate --checkpoint DIR --dataset camvid-11,kitti-19 --data-root ROOT \
+  python -m mseg_jax.evaluate --checkpoint DIR --datasets camvid-11,kitti-19 --data-root ROOT \
       [--base-size 360 720 1080] [--scales ss|ms] [--regime zero_shot|oracle|training|naive] \
-      [--relabeled] [--lists-dir mseg-api/mseg/dataset_lists] [--index-start I --index-step N]
+      [--relabeled] [--lists-dir mseg-api/mseg/dataset_lists] [--roots NAME=PATH,...] \
+      [--index-start I --index-step N]
+  python -m mseg_jax.evaluate --predictions DIR --datasets camvid-11 --data-root ROOT  # no model
   python -m mseg_jax.evaluate --merge --out-dir OUT
 
-Regimes: see mseg_jax/regimes.py. `--relabeled` (training regime, for a model trained on
-relabeled data; --dataset names the unrelabeled dataset) also reads the labels of the same lines
-of `<dataset>-relabeled`'s list and scores with the official reward/penalty rule
+Regimes: see mseg_jax/regimes.py. The model's taxonomy (recorded in its checkpoint) must be the
+regime's: universal for zero_shot and training, naive for naive, the dataset's own for oracle.
+`--predictions DIR` scores label maps saved as DIR/<stem>.png (in the evaluation taxonomy, as
+--save-predictions writes them; the official `has_prediction` path) instead of running a model,
+in one process. `--relabeled` (training regime, for a model trained on relabeled data;
+--datasets names the unrelabeled datasets) also reads the labels of the same lines of
+`<dataset>-relabeled`'s list and scores with the official reward/penalty rule
 (`metrics.relabeled_reward_penalty`).
 List files are `<lists dir>/<dataset>/list/val.txt`, where --lists-dir defaults to
 `<data root>/dataset_lists` (written by `python -m mseg_jax.prepare lists`); point it at
@@ -20,12 +26,14 @@ cluster is auto-detected) and their confusion matrices summed: the same numbers 
 [I, I + N) of each list as one job of several; `--merge` sums the jobs' confusion matrices.
 
 Per dataset and base size, OUT/<dataset>/<base size>/<ss|ms>/ (<ss|ms>_relabeled with
---relabeled) gets results.json, classes.md, confusion.npy (rows: ground truth, columns:
-prediction, last column: no class) and, with --save-predictions, gray/<stem>.png (the raw
-prediction; overlay/ with --save-overlays); an interrupted run resumes from the partial*.npz
-there. A job's share goes to part_<start>-<stop>/ there until merged. OUT/results.{json,md}
-hold every result found under OUT: the paper-layout table (best of base sizes, harmonic mean),
-one row per evaluation, and per-class IoU tables. The primary process writes the result files.
+--relabeled) gets results.json, results.txt (the official line format), classes.md,
+confusion.npy (rows: ground truth, columns: prediction, last column: no class) and, with
+--save-predictions, gray/<stem>.png (the raw prediction; overlay/ with --save-overlays;
+confidence/ and probabilities/ with --save-probabilities, see `confidence.py`). An interrupted
+run (Ctrl-C or SIGTERM) resumes from the partial*.npz there. A job's share goes to
+part_<start>-<stop>/ there until merged. OUT/results.{json,md,tex} hold every result found under
+OUT: the paper-layout table (best of base sizes; harmonic, arithmetic and geometric means), one
+row per evaluation, and per-class IoU tables. The primary process writes the result files.
 """
 
 import argparse
@@ -33,10 +41,13 @@ import collections
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import queue
 import re
+import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -50,8 +61,9 @@ import numpy as np
 import tqdm
 from jax.experimental import multihost_utils
 
-from mseg_jax import inference, metrics, models, regimes, taxonomy, visualize
+from mseg_jax import confidence, inference, metrics, models, regimes, taxonomy, visualize
 from mseg_jax.input_pipeline import catalog, sources
+from mseg_jax.taxonomy import outputs
 
 SAVE_EVERY_S = 60.0  # how often the partial confusion matrix is written
 
@@ -196,6 +208,38 @@ def scoring_rule(regime: regimes.Regime, dataset: str, relabeled: bool) -> Scori
   return lambda pred, label, _: (pred, taxonomy.remap_labels(jnp.asarray(label), lut))
 
 
+def model_taxonomy_for(regime: str, dataset: str) -> str:
+  """The taxonomy a model must predict in for `regime` on `dataset`."""
+  return {"zero_shot": "universal", "training": "universal", "naive": "naive"}.get(regime, dataset)
+
+
+def check_model_taxonomy(regime: str, dataset: str, model_taxonomy: str | None) -> None:
+  """Refuses a model whose recorded taxonomy is not the one `regime` on `dataset` needs (an
+  older checkpoint without one, None, is checked by its class count only)."""
+  needed = model_taxonomy_for(regime, dataset)
+  if model_taxonomy is not None and model_taxonomy != needed:
+    raise ValueError(
+      f"the {regime} regime on {dataset} needs a model of the {needed} taxonomy; "
+      f"this model's checkpoint records {model_taxonomy}"
+    )
+
+
+def load_prediction(path: Path, shape: tuple[int, ...], num_classes: int) -> np.ndarray:
+  """A saved label map, checked: single channel, the label's size, ids below `num_classes`."""
+  pred = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+  if pred is None:
+    raise sources.InputError(f"{path}: prediction missing or unreadable")
+  if pred.ndim != 2 or pred.shape != shape[:2]:
+    raise sources.InputError(
+      f"{path}: prediction of shape {pred.shape}; expected a single-channel {shape[:2]} map"
+    )
+  if pred.max() >= num_classes:
+    raise sources.InputError(
+      f"{path}: prediction holds id {pred.max()}; the evaluation taxonomy has {num_classes} classes"
+    )
+  return pred
+
+
 def prediction_stem(image_path: Path, dataset: str) -> str:
   """The official file stem of a prediction (ScanNet: the last 3 folders joined with '_')."""
   if dataset.startswith("scannet"):
@@ -221,6 +265,36 @@ def _fingerprint(variables) -> str:
     digest.update(np.asarray(leaf).ravel()[:1024].tobytes())
     digest.update(np.float64(np.sum(np.asarray(leaf, np.float64))).tobytes())
   return digest.hexdigest()[:16]
+
+
+def _folder_fingerprint(directory: Path) -> str:
+  """Of the PNGs in `directory`: names, sizes and modification times (a changed file is new)."""
+  digest = hashlib.sha256(str(directory).encode())
+  for path in sorted(directory.glob("*.png")):
+    stat = path.stat()
+    digest.update(f"{path.name} {stat.st_size} {stat.st_mtime_ns}\n".encode())
+  return "predictions " + digest.hexdigest()[:16]
+
+
+class Terminated(KeyboardInterrupt):
+  """SIGTERM during an evaluation: handled as Ctrl-C (progress saved), exits with 143."""
+
+
+@contextlib.contextmanager
+def sigterm_interrupts():
+  """Within it, SIGTERM raises `Terminated` (entered off the main thread, it changes nothing)."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+
+  def handler(signum, frame):
+    raise Terminated(f"signal {signum}")
+
+  previous = signal.signal(signal.SIGTERM, handler)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, previous)
 
 
 def _all_processes(flag: bool) -> bool:
@@ -253,8 +327,8 @@ class Progress:
   its own partial file (process 0: partial.npz, process p: partial.<p>.npz). A resumed run skips
   the images of every partial file and each process carries its own file on, so the files never
   overlap, whatever the number of processes or devices. results.json, classes.md and
-  confusion.npy hold the finished evaluation, written by the primary process. All are used only
-  for the same `key`.
+  confusion.npy (and results.txt, the official format) hold the finished evaluation, written by
+  the primary process. All are used only for the same `key`.
   """
 
   _PARTIAL = re.compile(r"partial(?:\.(\d+))?\.npz")
@@ -315,6 +389,7 @@ class Progress:
     if jax.process_index() == 0:
       np.save(self.save_dir / "confusion.npy", confusion)
       (self.save_dir / "classes.md").write_text(metrics.class_iou_table(result))
+      (self.save_dir / "results.txt").write_text(metrics.results_txt(result))
       (self.save_dir / "results.json").write_text(json.dumps(result, indent=1) + "\n")
       for path in self._partial_files().values():
         path.unlink(missing_ok=True)
@@ -342,6 +417,13 @@ def _put(results: queue.Queue, item, stop: threading.Event) -> None:
       pass
 
 
+class SavedPredictions(NamedTuple):
+  """Stands in for an Evaluator's Predictor: the label maps saved as <stem>.png in `directory`."""
+
+  directory: Path
+  device: jax.Device
+
+
 class Evaluator:
   """mIoU etc. of a model on a dataset's val split (`spec`), with the official procedure.
 
@@ -349,7 +431,9 @@ class Evaluator:
   makes a Predictor per local device of `devices` (default: every device of every process);
   `run` predicts and scores, image i of the list on device i % len(devices), each device fed by
   its own thread, and sums the confusion matrices over devices and processes. `lists_dir` reads
-  the lists from `<lists_dir>/<dataset>/list/` (catalog.list_path).
+  the lists from `<lists_dir>/<dataset>/list/` (catalog.list_path). The model's recorded taxonomy
+  (`model_taxonomy`; None: unknown) must be the regime's. With `predictions_dir` (model and
+  variables None; one process) the label maps saved there as <stem>.png are scored instead.
   """
 
   def __init__(
@@ -363,9 +447,21 @@ class Evaluator:
     lists_dir=None,
     batch_size: int = 8,
     devices: Sequence[jax.Device] | None = None,
+    model_taxonomy: str | None = None,
+    predictions_dir: str | Path | None = None,
   ):
     self.spec = spec
-    self.regime = regimes.make_regime(spec.regime, spec.dataset, model.config.num_classes)
+    predictions_dir = None if predictions_dir is None else Path(predictions_dir).absolute()
+    if predictions_dir is None:
+      check_model_taxonomy(spec.regime, spec.dataset, model_taxonomy)
+      num_model_classes = model.config.num_classes
+    else:
+      if not predictions_dir.is_dir():
+        raise FileNotFoundError(f"{predictions_dir}: no such predictions folder")
+      if jax.process_count() > 1:
+        raise ValueError("saved predictions are scored in one process")
+      num_model_classes = outputs.num_outputs(model_taxonomy_for(spec.regime, spec.dataset))
+    self.regime = regimes.make_regime(spec.regime, spec.dataset, num_model_classes)
     if spec.relabeled and spec.regime != "training":
       raise ValueError(f"relabeled evaluation is part of the training regime, not {spec.regime!r}")
     self.score = scoring_rule(self.regime, spec.dataset, spec.relabeled)
@@ -375,11 +471,18 @@ class Evaluator:
     self.share = spec.share(len(records))
     self.records = records[self.share[0] : self.share[1]]
     self.is_share = self.share != (0, len(records))  # one job's share of the list
-    self.key = spec.key(self.share, len(records), _fingerprint(variables))
+    fingerprint = (
+      _fingerprint(variables) if predictions_dir is None else _folder_fingerprint(predictions_dir)
+    )
+    self.key = spec.key(self.share, len(records), fingerprint)
     # Label ids a (relabeled) label may hold.
     self.label_classes = len(taxonomy.class_names(spec.dataset))
     if spec.relabeled:
       self.relabeled_classes = len(taxonomy.class_names(relabeled_name(spec.dataset)))
+    if predictions_dir is not None:
+      self.devices = (jax.local_devices()[0],)
+      self.predictors = [SavedPredictions(predictions_dir, self.devices[0])]
+      return
     self.devices = tuple(devices or jax.devices())
     self.predictors = []
     for device in self.devices:
@@ -413,28 +516,46 @@ class Evaluator:
       path = path / f"part_{self.share[0]}-{self.share[1]}"
     return path
 
-  def _load(self, record: Record) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+  def _load(
+    self, record: Record, saved_in: Path | None = None
+  ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(image, label, relabeled label or None, the prediction saved in `saved_in` or None)."""
     image, label = sources.load_image(record.image), sources.load_label(record.label)
     sources.check_pair(image, label, record.label, self.label_classes)
     label_relabeled = None
     if record.relabeled_label is not None:
       label_relabeled = sources.load_label(record.relabeled_label)
       sources.check_pair(image, label_relabeled, record.relabeled_label, self.relabeled_classes)
-    return image, label, label_relabeled
+    saved = None
+    if saved_in is not None:
+      path = saved_in / f"{prediction_stem(record.image, self.spec.dataset)}.png"
+      saved = load_prediction(path, label.shape, len(self.regime.class_names))
+    return image, label, label_relabeled, saved
 
-  def _work(self, predictor, indices, results: queue.Queue, stop: threading.Event) -> None:
+  def _work(
+    self, predictor, indices, results: queue.Queue, stop: threading.Event, write_probs
+  ) -> None:
     """One device's thread: (index, image, prediction, confusion matrix) of each of `indices`
-    into `results` (then None, or the exception that stopped it)."""
+    into `results` (then None, or the exception that stopped it); `write_probs(index, probs)`
+    if given."""
     k = len(self.regime.class_names)
+    saved_in = predictor.directory if isinstance(predictor, SavedPredictions) else None
+    load = functools.partial(self._load, saved_in=saved_in)
     try:
       with (
         jax.default_device(predictor.device),
-        contextlib.closing(_prefetched(self._load, [self.records[i] for i in indices])) as loaded,
+        contextlib.closing(_prefetched(load, [self.records[i] for i in indices])) as loaded,
       ):
-        for i, (image, label, label_relabeled) in zip(indices, loaded, strict=True):
+        for i, (image, label, label_relabeled, saved) in zip(indices, loaded, strict=True):
           if stop.is_set():
             return
-          pred = predictor(image)
+          if saved is not None:
+            pred = jnp.asarray(saved)
+          elif write_probs is not None:
+            probs, pred = predictor.probs(image)
+            write_probs(i, probs)
+          else:
+            pred = predictor(image)
           confusion = metrics.confusion_matrix(*self.score(pred, label, label_relabeled), k)
           _put(results, (i, image, pred, confusion), stop)
       _put(results, None, stop)
@@ -442,14 +563,17 @@ class Evaluator:
       _put(results, error, stop)
 
   def predictions(
-    self, todo: Sequence[Sequence[int]]
+    self, todo: Sequence[Sequence[int]], write_probs=None
   ) -> Iterator[tuple[int, np.ndarray, jax.Array, np.ndarray]]:
     """(index, image, prediction, int64 confusion matrix) of the images todo[j] on local device j,
-    as they finish; the images are read ahead in threads."""
+    as they finish; the images are read ahead in threads. `write_probs(index, probabilities)`
+    runs in the device's thread."""
     results = queue.Queue(maxsize=2 * len(todo))
     stop = threading.Event()
     threads = [
-      threading.Thread(target=self._work, args=(predictor, indices, results, stop), daemon=True)
+      threading.Thread(
+        target=self._work, args=(predictor, indices, results, stop, write_probs), daemon=True
+      )
       for predictor, indices in zip(self.predictors, todo, strict=True)
     ]
     for thread in threads:
@@ -471,16 +595,24 @@ class Evaluator:
         thread.join()
 
   def run(
-    self, save_dir=None, *, save_predictions: bool = False, save_overlays: bool = False
+    self,
+    save_dir=None,
+    *,
+    save_predictions: bool = False,
+    save_overlays: bool = False,
+    save_probabilities: str | None = None,
   ) -> dict:
     """The results (JSON-able dict) on every process; with `save_dir` saved there and resumable
     (`Progress`).
 
     `save_predictions` writes gray/<stem>.png (the raw prediction in the evaluation taxonomy),
-    `save_overlays` overlay/<stem>.jpg, each by the process that predicted the image.
+    `save_overlays` overlay/<stem>.jpg, `save_probabilities` ("max" or "full")
+    `confidence.write_probabilities`' files, each by the process that predicted the image.
     """
-    if (save_predictions or save_overlays) and save_dir is None:
-      raise ValueError("save_predictions / save_overlays need a save_dir")
+    if (save_predictions or save_overlays or save_probabilities) and save_dir is None:
+      raise ValueError("save_predictions / save_overlays / save_probabilities need a save_dir")
+    if save_probabilities and isinstance(self.predictors[0], SavedPredictions):
+      raise ValueError("saved predictions have no probabilities to save")
     progress = Progress(save_dir, self.key)
     finished = progress.finished()
     if _all_processes(finished is not None):
@@ -510,8 +642,15 @@ class Evaluator:
       unit="img",
       dynamic_ncols=True,
     )
+    write_probs = None
+    if save_probabilities:
+
+      def write_probs(i, probs):
+        stem = prediction_stem(self.records[i].image, self.spec.dataset)
+        confidence.write_probabilities(progress.save_dir, stem, probs, save_probabilities)
+
     try:
-      for i, image, pred, counted in self.predictions(todo):
+      for i, image, pred, counted in self.predictions(todo, write_probs):
         confusion += counted
         done[i] = True
         if save_predictions or save_overlays:
@@ -589,8 +728,9 @@ def collect(out_dir: Path) -> list[dict]:
 
 
 def write_report(results: list[dict], out_dir: Path) -> str:
-  """results.json ({"paper": paper-layout rows, "results": every evaluation}) and results.md
-  (paper table, one row per evaluation, per-class IoU tables); returns the markdown."""
+  """results.json ({"paper": paper-layout rows, "results": every evaluation}), results.md
+  (paper table, one row per evaluation, per-class IoU tables) and results.tex (the paper table
+  in LaTeX); returns the markdown."""
   text = (
     "## mIoU (x100), paper layout, best of base sizes\n\n"
     + metrics.markdown_table(results)
@@ -603,20 +743,28 @@ def write_report(results: list[dict], out_dir: Path) -> str:
   summary = {"paper": metrics.paper_rows(results), "results": results}
   (out_dir / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
   (out_dir / "results.md").write_text(text)
+  (out_dir / "results.tex").write_text(metrics.latex_table(results))
   return text
 
 
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--checkpoint", help="model dir (models.save_checkpoint)")
-  parser.add_argument("--dataset", help="comma-separated dataset names")
+  source = parser.add_mutually_exclusive_group()
+  source.add_argument("--checkpoint", help="model dir (models.save_checkpoint)")
+  source.add_argument(
+    "--predictions",
+    metavar="DIR",
+    help="score the label maps saved as DIR/<stem>.png (one dataset and base size; needs "
+    "--out-dir) instead of running a model",
+  )
+  parser.add_argument("--datasets", help="comma-separated dataset names")
   parser.add_argument("--data-root", help="root of the mseg_dataset folders")
   parser.add_argument(
-    "--root",
-    action="append",
-    default=[],
-    metavar="NAME=PATH",
-    help="dataset root override (absolute or relative to --data-root)",
+    "--roots",
+    type=catalog.parse_roots,
+    default=None,
+    help="per-dataset root overrides: name=path[,name=path...] (absolute or relative to "
+    "--data-root)",
   )
   parser.add_argument(
     "--base-size",
@@ -633,7 +781,7 @@ def main(argv: list[str] | None = None) -> None:
     action="store_true",
     help="training regime, model trained on relabeled data: score against "
     "<dataset>-relabeled's labels with the official reward/penalty rule "
-    "(--dataset names the unrelabeled datasets)",
+    "(--datasets names the unrelabeled datasets)",
   )
   parser.add_argument(
     "--lists-dir",
@@ -666,7 +814,19 @@ def main(argv: list[str] | None = None) -> None:
   )
   parser.add_argument("--save-predictions", action="store_true", help="gray/<stem>.png")
   parser.add_argument("--save-overlays", action="store_true", help="overlay/<stem>.jpg")
-  parser.add_argument("--model-name", help="row label in the tables (default: checkpoint name)")
+  parser.add_argument(
+    "--save-probabilities",
+    nargs="?",
+    const="max",
+    choices=confidence.MODES,
+    help="confidence/<stem>.png: the max probability x 255; 'full' adds "
+    "probabilities/<stem>.npz (float16 (H, W, K))",
+  )
+  parser.add_argument(
+    "--model-name",
+    help="row label in the tables (default: the name the checkpoint records, e.g. the training "
+    "run's; with --predictions the folder's name)",
+  )
   parser.add_argument(
     "--distributed",
     action="store_true",
@@ -687,58 +847,89 @@ def main(argv: list[str] | None = None) -> None:
       print(f"{run_dir.relative_to(out_dir)}: merged, mIoU {100 * result['miou']:.2f}")
     print(write_report(collect(out_dir), out_dir).split("\n## Per-class")[0])
     return
-  required = {"--checkpoint": args.checkpoint, "--dataset": args.dataset}
-  required["--data-root"] = args.data_root
+  required = {"--checkpoint or --predictions": args.checkpoint or args.predictions}
+  required |= {"--datasets": args.datasets, "--data-root": args.data_root}
   if missing := [flag for flag, value in required.items() if value is None]:
     parser.error(f"the following arguments are required: {', '.join(missing)}")
+  datasets = args.datasets.split(",")
+  if args.predictions is not None:
+    if not args.out_dir:
+      parser.error("--predictions needs --out-dir")
+    if len(datasets) != 1 or len(args.base_size) != 1:
+      parser.error("--predictions scores one dataset at one base size")
+    if args.save_probabilities:
+      parser.error("--predictions has no probabilities to save")
   if args.distributed or args.coordinator_address:
     jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
   primary = jax.process_index() == 0
-  roots = dict(r.split("=", 1) for r in args.root) or None
-  checkpoint = Path(args.checkpoint)
-  out_dir = Path(args.out_dir) if args.out_dir else checkpoint / "eval"
+  if args.predictions is not None:
+    model = variables = model_taxonomy = None
+    name = args.model_name or Path(args.predictions).absolute().name
+  else:
+    model, variables = models.load_checkpoint(args.checkpoint)
+    info = models.checkpoint_info(args.checkpoint)
+    model_taxonomy, name = info.taxonomy, args.model_name or info.name
+    if model_taxonomy is None and primary:
+      print(
+        f"note: {args.checkpoint} records no taxonomy and its class count is ambiguous; "
+        "checking the class count only"
+      )
+  out_dir = Path(args.out_dir) if args.out_dir else Path(args.checkpoint) / "eval"
   batch_size = args.batch_size or (1 if jax.default_backend() == "cpu" else 8)
-  model, variables = models.load_checkpoint(checkpoint)
   run_name = args.scales + ("_relabeled" if args.relabeled else "")
   shares = False
-  for dataset in args.dataset.split(","):
-    for base_size in args.base_size:
-      spec = Spec(
-        dataset,
-        regime=args.regime,
-        relabeled=args.relabeled,
-        base_size=base_size,
-        scales=inference.scales_from_name(args.scales),
-        crop=args.crop,
-        dtype=args.dtype,
-        limit=args.limit,
-        index_start=args.index_start,
-        index_step=args.index_step,
-        model=args.model_name or checkpoint.absolute().name,
-      )
-      evaluator = Evaluator(
-        model,
-        variables,
-        spec,
-        args.data_root,
-        roots=roots,
-        lists_dir=args.lists_dir,
-        batch_size=batch_size,
-      )
-      save_dir = evaluator.save_dir(out_dir)
-      shares |= evaluator.is_share
-      result = evaluator.run(
-        save_dir,
-        save_predictions=args.save_predictions,
-        save_overlays=args.save_overlays,
-      )
-      if primary:
-        share = f" images {evaluator.share}" if evaluator.is_share else ""
-        print(
-          f"{dataset} base {base_size} {run_name}{share}: mIoU {100 * result['miou']:.2f} "
-          f"(present classes {100 * result['miou_present']:.2f}), "
-          f"pixel acc {100 * result['pixel_acc']:.2f}"
-        )
+  try:
+    with sigterm_interrupts():
+      for dataset in datasets:
+        for base_size in args.base_size:
+          spec = Spec(
+            dataset,
+            regime=args.regime,
+            relabeled=args.relabeled,
+            base_size=base_size,
+            scales=inference.scales_from_name(args.scales),
+            crop=args.crop,
+            dtype=args.dtype,
+            limit=args.limit,
+            index_start=args.index_start,
+            index_step=args.index_step,
+            model=name,
+          )
+          try:
+            evaluator = Evaluator(
+              model,
+              variables,
+              spec,
+              args.data_root,
+              roots=args.roots,
+              lists_dir=args.lists_dir,
+              batch_size=batch_size,
+              model_taxonomy=model_taxonomy,
+              predictions_dir=args.predictions,
+            )
+          except (ValueError, FileNotFoundError) as e:
+            parser.error(str(e))
+          save_dir = evaluator.save_dir(out_dir)
+          shares |= evaluator.is_share
+          try:
+            result = evaluator.run(
+              save_dir,
+              save_predictions=args.save_predictions,
+              save_overlays=args.save_overlays,
+              save_probabilities=args.save_probabilities,
+            )
+          except sources.InputError as e:
+            sys.exit(f"mseg_jax.evaluate: error: {e}")
+          if primary:
+            share = f" images {evaluator.share}" if evaluator.is_share else ""
+            print(
+              f"{dataset} base {base_size} {run_name}{share}: mIoU {100 * result['miou']:.2f} "
+              f"(present classes {100 * result['miou_present']:.2f}), "
+              f"pixel acc {100 * result['pixel_acc']:.2f}"
+            )
+  except Terminated:
+    print(f"SIGTERM: progress saved under {out_dir}; run the same command to resume")
+    sys.exit(128 + signal.SIGTERM)
   if not primary:
     return
   if shares:

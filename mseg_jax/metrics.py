@@ -147,6 +147,21 @@ def harmonic_mean(values: Sequence[float]) -> float:
   return len(values) / sum(1.0 / v for v in values)
 
 
+def geometric_mean(values: Sequence[float]) -> float:
+  """(prod x) ** (1 / n), as collect_results.py offers; 0 if any value is 0."""
+  if any(v <= 0 for v in values):
+    return 0.0
+  return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+# The means of a paper row: key, table header, function.
+MEANS = (
+  ("hmean", "h.mean", harmonic_mean),
+  ("mean", "a.mean", lambda values: sum(values) / len(values)),
+  ("gmean", "g.mean", geometric_mean),
+)
+
+
 def _regime_label(result: dict) -> str:
   return result.get("regime", "") + ("+relabeled" if result.get("relabeled") else "")
 
@@ -174,11 +189,11 @@ def _percent(x: float | None) -> str:
 
 
 def paper_rows(results: Sequence[dict], resolution: str | int = "max") -> list[dict]:
-  """The paper's rows: {"model", "regime", "scales", "miou": {dataset: mIoU}, "hmean"} per
-  (model, regime, scales), the best over base sizes unless `resolution` names one. `hmean` is
-  the harmonic mean over the regime's datasets (six zero-shot test sets; five for oracle; seven
-  training sets) when the row has them all, else None. A relabeled evaluation's regime is
-  "training+relabeled"."""
+  """The paper's rows: {"model", "regime", "scales", "miou": {dataset: mIoU}, "hmean", "mean",
+  "gmean"} per (model, regime, scales), the best over base sizes unless `resolution` names one.
+  `hmean`, `mean` and `gmean` are the harmonic, arithmetic and geometric means over the regime's
+  datasets (six zero-shot test sets; five for oracle; seven training sets) when the row has them
+  all, else None. A relabeled evaluation's regime is "training+relabeled"."""
   rows: dict[tuple, dict] = {}
   for r in best_of_base_sizes(results, resolution):
     key = (r.get("model", ""), _regime_label(r), _scales_label(r))
@@ -187,24 +202,70 @@ def paper_rows(results: Sequence[dict], resolution: str | int = "max") -> list[d
   for row in rows.values():
     group = HMEAN_DATASETS.get(row["regime"], HMEAN_DATASETS["zero_shot"])
     complete = all(d in row["miou"] for d in group)
-    row["hmean"] = harmonic_mean([row["miou"][d] for d in group]) if complete else None
+    for key, _, mean in MEANS:
+      row[key] = mean([row["miou"][d] for d in group]) if complete else None
   return list(rows.values())
 
 
-def markdown_table(results: Sequence[dict], resolution: str | int = "max") -> str:
-  """The paper's layout (see `paper_rows`): one row per (model, regime, scales), one mIoU column
-  per dataset (VOC, PC, CamVid, WD, KITTI, SN first, then any others) and h.mean; x100."""
+def _paper_cells(results: Sequence[dict], resolution: str | int) -> list[list[str]]:
+  """The paper table as cells: header, then one row per `paper_rows` row."""
   rows = paper_rows(results, resolution)
   datasets = [d for d in PAPER_DATASETS if any(d in row["miou"] for row in rows)]
   for row in rows:
     datasets += [d for d in row["miou"] if d not in datasets]
   header = ["model", "regime", "scales"] + [PAPER_DATASETS.get(d, d) for d in datasets]
-  header.append("h.mean")
-  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  table = [header + [label for _, label, _ in MEANS]]
   for row in rows:
     cells = [row["model"] or "—", row["regime"] or "—", row["scales"]]
-    cells += [_percent(row["miou"].get(d)) for d in datasets] + [_percent(row["hmean"])]
-    lines.append("| " + " | ".join(cells) + " |")
+    cells += [_percent(row["miou"].get(d)) for d in datasets]
+    table.append(cells + [_percent(row[key]) for key, _, _ in MEANS])
+  return table
+
+
+def markdown_table(results: Sequence[dict], resolution: str | int = "max") -> str:
+  """The paper's layout (see `paper_rows`): one row per (model, regime, scales), one mIoU column
+  per dataset (VOC, PC, CamVid, WD, KITTI, SN first, then any others), then h.mean, a.mean and
+  g.mean; x100."""
+  header, *rows = _paper_cells(results, resolution)
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+  return "\n".join(lines) + "\n"
+
+
+def _latex(text: str) -> str:
+  for char in "&%$#_{}":
+    text = text.replace(char, "\\" + char)
+  return text.replace("—", "--")
+
+
+def latex_table(results: Sequence[dict], resolution: str | int = "max") -> str:
+  """`markdown_table` as a LaTeX tabular (booktabs rules)."""
+  header, *rows = _paper_cells(results, resolution)
+  lines = [
+    "\\begin{tabular}{lll" + "r" * (len(header) - 3) + "}",
+    "\\toprule",
+    " & ".join(_latex(c) for c in header) + " \\\\",
+    "\\midrule",
+    *(" & ".join(_latex(c) for c in cells) + " \\\\" for cells in rows),
+    "\\bottomrule",
+    "\\end{tabular}",
+  ]
+  return "\n".join(lines) + "\n"
+
+
+def results_txt(result: dict) -> str:
+  """One evaluation in the official results.txt format (accuracy_calculator.py, the file
+  collect_results.py parses): the means line, then one line per class not excluded."""
+  excluded = set(result.get("excluded_ids", ()))
+  lines = [
+    f"Eval result: mIoU/mAcc/allAcc "
+    f"{result['miou']:.4f}/{result['macc']:.4f}/{result['pixel_acc']:.4f}."
+  ]
+  for i, (name, iou, acc) in enumerate(
+    zip(result["class_names"], result["iou"], result["acc"], strict=True)
+  ):
+    if i not in excluded:
+      lines.append(f"Class_{i:02} result: iou/accuracy {iou:.4f}/{acc:.4f}, name: {name}.")
   return "\n".join(lines) + "\n"
 
 

@@ -208,6 +208,12 @@ class Plan:
     }
 
 
+def model_taxonomy(plan: Plan) -> str:
+  """The taxonomy the trained model predicts in: universal, naive, or its one dataset's."""
+  kind = plan.config.data.taxonomy
+  return plan.datasets[0] if kind == "dataset" else kind
+
+
 def device_layout(batch_size: int, devices: int, max_device_batch: int | None) -> tuple[int, int]:
   """(slots per device, micro-batches): the fewest slots that hold `batch_size` crops on
   `devices` devices in passes of at most `max_device_batch` slots each."""
@@ -248,6 +254,11 @@ def make_plan(
       f"config.init.kind={config.init.kind!r} needs config.init.checkpoint: a "
       "model directory from tools/convert_torch_weights.py (--backbone-only for "
       "ImageNet HRNet weights), or set --config.init.kind=none"
+    )
+  validation = config.validation
+  if validation.every_steps and not validation.datasets:
+    raise ValueError(
+      f"config.validation.every_steps={validation.every_steps} needs config.validation.datasets"
     )
   datasets = train_datasets(config)
   device_slots, micro_batches = device_layout(
@@ -427,6 +438,23 @@ def training_labels(batch: Batch, luts: np.ndarray) -> jax.Array:
   return labels
 
 
+def dataset_pixel_accuracy(
+  logits: jax.Array,
+  labels: jax.Array,
+  dataset: jax.Array,
+  num_datasets: int,
+  counts: jax.Array | None = None,
+) -> jax.Array:
+  """(num_datasets,) correct / valid pixels of each dataset's crops (the official training log's
+  accuracy, one GPU per dataset); 0 for a dataset without valid pixels. `counts` as in
+  `multi_dataset_loss` (a micro-batch's accuracies then add up to the step's)."""
+  correct = (labels != taxonomy.IGNORE) & (jnp.argmax(logits, axis=-1) == labels)
+  sums = jax.ops.segment_sum(correct.sum(axis=(1, 2), dtype=jnp.float32), dataset, num_datasets)
+  if counts is None:
+    counts = dataset_counts(labels, dataset, num_datasets)
+  return sums / jnp.maximum(counts, 1.0)
+
+
 def forward_loss(
   params,
   batch_stats,
@@ -437,11 +465,13 @@ def forward_loss(
   rng=None,
   counts: jax.Array | None = None,
 ):
-  """Train-mode forward and loss. Returns (loss, (new batch_stats, per-dataset loss)).
+  """Train-mode forward and loss. Returns (loss, (new batch_stats, {"dataset_loss",
+  "dataset_pixel_acc"})), per-dataset loss and pixel accuracy.
 
   Slots with batch["valid"] False (padding) count in neither the BatchNorm statistics nor the
-  loss. `counts`: see `multi_dataset_loss`. A PSPNet adds aux_weight x its aux head's loss
-  (per dataset, as the main loss); `rng` draws its dropout masks.
+  loss. `counts`: see `multi_dataset_loss` (the pixel accuracy is divided by them too). A PSPNet
+  adds aux_weight x its aux head's loss (per dataset, as the main loss); `rng` draws its dropout
+  masks. The pixel accuracy is the main head's.
   """
   images = normalize(batch["image"], model.dtype)
   labels = training_labels(batch, luts)
@@ -457,7 +487,11 @@ def forward_loss(
   if not isinstance(model, models.PSPNet):
     logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"], **masked)
     loss, per_dataset, _ = multi_dataset_loss(logits, labels, batch["dataset"], n, counts)
-    return loss, (updates["batch_stats"], per_dataset)
+    accuracy = dataset_pixel_accuracy(logits, labels, batch["dataset"], n, counts)
+    return loss, (
+      updates["batch_stats"],
+      {"dataset_loss": per_dataset, "dataset_pixel_acc": accuracy},
+    )
   rngs = {} if rng is None else {"dropout": rng}
   (logits, aux), updates = model.apply(
     variables, images, train=True, return_aux=True, mutable=["batch_stats"], rngs=rngs, **masked
@@ -465,7 +499,11 @@ def forward_loss(
   main, main_per_dataset, _ = multi_dataset_loss(logits, labels, batch["dataset"], n, counts)
   aux, aux_per_dataset, _ = multi_dataset_loss(aux, labels, batch["dataset"], n, counts)
   weight = model.config.aux_weight
-  return main + weight * aux, (updates["batch_stats"], main_per_dataset + weight * aux_per_dataset)
+  accuracy = dataset_pixel_accuracy(logits, labels, batch["dataset"], n, counts)
+  return main + weight * aux, (
+    updates["batch_stats"],
+    {"dataset_loss": main_per_dataset + weight * aux_per_dataset, "dataset_pixel_acc": accuracy},
+  )
 
 
 def apply_gradients(state: State, grads, batch_stats, *, tx: optax.GradientTransformation) -> State:
@@ -496,13 +534,13 @@ def split_micro_batches(batch: Batch, micro_batches: int) -> Batch:
 def micro_batch_gradients(
   loss_fn, params, batch_stats, batch: Batch, *, luts: np.ndarray, rng, micro_batches: int
 ):
-  """Loss, (new batch_stats, per-dataset loss) and gradients of the step, one micro-batch at a
+  """Loss, (new batch_stats, per-dataset metrics) and gradients of the step, one micro-batch at a
   time (`jax.lax.scan`): `loss_fn` is `forward_loss` with its model and luts.
 
-  Losses, per-dataset losses and gradients add up to the step's (each micro-batch divides by
-  the valid pixel counts of the whole step). Not the same math as one pass: each micro-batch
-  normalizes with its own BatchNorm statistics; the new running statistics are the average of
-  the micro-batches' updates, weighted by their real crops.
+  Losses, per-dataset losses and pixel accuracies, and gradients add up to the step's (each
+  micro-batch divides by the valid pixel counts of the whole step). Not the same math as one
+  pass: each micro-batch normalizes with its own BatchNorm statistics; the new running
+  statistics are the average of the micro-batches' updates, weighted by their real crops.
   """
   counts = dataset_counts(training_labels(batch, luts), batch["dataset"], luts.shape[0])
   micro = split_micro_batches(batch, micro_batches)
@@ -511,20 +549,21 @@ def micro_batch_gradients(
   def body(carry, xs):
     index, part = xs
     crops = part["valid"].sum(dtype=jnp.float32) if "valid" in part else part["image"].shape[0]
-    (loss, (stats, per_dataset)), grads = grad_fn(
+    (loss, (stats, dataset_metrics)), grads = grad_fn(
       params, batch_stats, part, rng=jax.random.fold_in(rng, index), counts=counts
     )
-    new = (loss, per_dataset, grads, jax.tree.map(lambda x: crops * x, stats), crops)
+    new = (loss, dataset_metrics, grads, jax.tree.map(lambda x: crops * x, stats), crops)
     return jax.tree.map(jnp.add, carry, new), None
 
+  per_dataset = {"dataset_loss": counts, "dataset_pixel_acc": counts}
   zeros = jax.tree.map(
     jnp.zeros_like,
-    (jnp.zeros(()), counts, params, batch_stats, jnp.zeros(())),
+    (jnp.zeros(()), per_dataset, params, batch_stats, jnp.zeros(())),
   )
-  (loss, per_dataset, grads, stats, crops), _ = jax.lax.scan(
+  (loss, dataset_metrics, grads, stats, crops), _ = jax.lax.scan(
     body, zeros, (jnp.arange(micro_batches), micro)
   )
-  return (loss, (jax.tree.map(lambda x: x / crops, stats), per_dataset)), grads
+  return (loss, (jax.tree.map(lambda x: x / crops, stats), dataset_metrics)), grads
 
 
 def mgda_value_and_grad(
@@ -544,23 +583,26 @@ def mgda_value_and_grad(
   step), then one backward per dataset, `tasks_per_pass` at a time (0: all at once), giving
   g_t = d loss_t / d params; the gradient is sum_t w_t g_t with the min-norm weights w of
   `mgda.task_weights` over the datasets with valid pixels. The loss stays the datasets' mean.
-  Returns ((loss, (batch_stats, per-dataset loss, weights)), grads).
+  Returns ((loss, (batch_stats, forward_loss's per-dataset metrics and "mgda_weights")), grads).
   """
   num = luts.shape[0]
 
   def dataset_losses(params):
-    loss, (new_stats, per_dataset) = forward_loss(
+    loss, (new_stats, dataset_metrics) = forward_loss(
       params, batch_stats, batch, model=model, luts=luts, rng=rng
     )
-    return per_dataset, (loss, new_stats)
+    return dataset_metrics["dataset_loss"], (loss, new_stats, dataset_metrics)
 
-  per_dataset, vjp, (loss, new_stats) = jax.vjp(dataset_losses, params, has_aux=True)
+  per_dataset, vjp, (loss, new_stats, dataset_metrics) = jax.vjp(
+    dataset_losses, params, has_aux=True
+  )
   task_grads = jax.lax.map(
     lambda e: vjp(e)[0], jnp.eye(num, dtype=per_dataset.dtype), batch_size=tasks_per_pass
   )
   pixels = dataset_counts(training_labels(batch, luts), batch["dataset"], num)
   weights = mgda.task_weights(task_grads, per_dataset, pixels > 0, normalization)
-  return (loss, (new_stats, per_dataset, weights)), mgda.combine(task_grads, weights)
+  dataset_metrics = {**dataset_metrics, "mgda_weights": weights}
+  return (loss, (new_stats, dataset_metrics)), mgda.combine(task_grads, weights)
 
 
 def train_step(
@@ -596,18 +638,15 @@ def train_step(
     grad_fn = functools.partial(
       micro_batch_gradients, loss_fn, luts=luts, rng=rng, micro_batches=micro_batches
     )
-  # with MGDA the aux ends with the datasets' weights
-  (loss, (batch_stats, per_dataset, *mgda_weights)), grads = grad_fn(
+  (loss, (batch_stats, dataset_metrics)), grads = grad_fn(
     state["params"], state["batch_stats"], batch
   )
   metrics = {
     "loss": loss,
-    "dataset_loss": per_dataset,
+    **dataset_metrics,
     "lr": schedule(state["step"]),
     "grad_norm": optax.tree.norm(grads),
   }
-  if mgda_weights:
-    metrics["mgda_weights"] = mgda_weights[0]
   return apply_gradients(state, grads, batch_stats, tx=tx), metrics
 
 
@@ -788,6 +827,7 @@ class _MetricsLog:
       "lr": float(values[-1]["lr"]),
       "grad_norm": float(values[-1]["grad_norm"]),
       "dataset_loss": [float(x) for x in np.mean([m["dataset_loss"] for m in values], 0)],
+      "dataset_pixel_acc": [float(x) for x in np.mean([m["dataset_pixel_acc"] for m in values], 0)],
       "images_per_s": (steps[-1] - first) * self._batch / (now - self._last_time),
     }
     if "mgda_weights" in values[-1]:
@@ -801,9 +841,19 @@ class _MetricsLog:
         self._writer.add_scalar(f"train/{key}", summary[key], summary["step"])
       for i, x in enumerate(summary["dataset_loss"]):
         self._writer.add_scalar(f"train/loss_dataset_{i}", x, summary["step"])
+      for i, x in enumerate(summary["dataset_pixel_acc"]):
+        self._writer.add_scalar(f"train/pixel_acc_dataset_{i}", x, summary["step"])
       for i, x in enumerate(summary.get("mgda_weights", ())):
         self._writer.add_scalar(f"train/mgda_weight_dataset_{i}", x, summary["step"])
     return summary
+
+  def write_validation(self, step: int, mious: dict[str, float]) -> None:
+    """Validation mIoU per dataset, as {"step", "val_miou": {dataset: mIoU}}."""
+    if self._primary:
+      self._jsonl.write(json.dumps({"step": step, "val_miou": mious}) + "\n")
+      self._jsonl.flush()
+      for name, miou in mious.items():
+        self._writer.add_scalar(f"val/miou_{name}", miou, step)
 
   def reset_clock(self) -> None:
     self._last_time, self._last_step = time.perf_counter(), None
@@ -812,6 +862,42 @@ class _MetricsLog:
     if self._primary:
       self._writer.close()
       self._jsonl.close()
+
+
+def validation_regime(plan: Plan, dataset: str) -> str:
+  """The regime a model in the training taxonomy is validated in on `dataset`."""
+  kind = plan.config.data.taxonomy
+  if kind == "universal":
+    return "zero_shot" if dataset in taxonomy.TEST_DATASETS else "training"
+  return "naive" if kind == "naive" else "oracle"
+
+
+def validate(plan: Plan, model: models.HRNet, state: State) -> dict[str, float]:
+  """Single-scale mIoU of the current weights on the first `validation.limit` images of each
+  `validation.datasets` val list (nothing saved)."""
+  config, validation = plan.config, plan.config.validation
+  variables = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
+  mious = {}
+  for name in validation.datasets:
+    spec = evaluate_lib.Spec(
+      name,
+      regime=validation_regime(plan, name),
+      base_size=validation.base_size,
+      crop=validation.crop,
+      limit=validation.limit,
+    )
+    evaluator = evaluate_lib.Evaluator(
+      model,
+      variables,
+      spec,
+      config.data.data_root,
+      roots=config.data.roots.to_dict() or None,
+      lists_dir=config.data.lists_dir,
+      batch_size=validation.batch_size,
+      model_taxonomy=model_taxonomy(plan),
+    )
+    mious[name] = evaluator.run()["miou"]
+  return mious
 
 
 def train(plan: Plan, workdir: str | Path) -> tuple[models.HRNet, dict] | None:
@@ -848,6 +934,8 @@ def train(plan: Plan, workdir: str | Path) -> tuple[models.HRNet, dict] | None:
     process_index=jax.process_index(),
     process_count=jax.process_count(),
     lists_dir=config.data.lists_dir,
+    scale_range=tuple(config.data.scale_range),
+    rotate_range=tuple(config.data.rotate_range),
   )
   data_iter = iter(dataset)
 
@@ -945,6 +1033,15 @@ def train(plan: Plan, workdir: str | Path) -> tuple[models.HRNet, dict] | None:
             lr=f"{summary['lr']:.2e}",
             img_s=f"{summary['images_per_s']:.1f}",
           )
+        if config.validation.every_steps and step % config.validation.every_steps == 0:
+          flush()
+          mious = validate(plan, model, state)
+          log.write_validation(step, mious)
+          note(
+            f"step {step}: validation mIoU "
+            + ", ".join(f"{k} {100 * v:.2f}" for k, v in mious.items())
+          )
+          log.reset_clock()
         if preemption.reached(step):
           note(f"SIGTERM at step {step}: saving a checkpoint; run the same command to resume")
           save(step)
@@ -962,7 +1059,9 @@ def train(plan: Plan, workdir: str | Path) -> tuple[models.HRNet, dict] | None:
   if preempted:
     return None
   variables = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
-  models.save_checkpoint(workdir / "model", plan.model, variables)  # collective, written once
+  models.save_checkpoint(  # collective, written once
+    workdir / "model", plan.model, variables, taxonomy=model_taxonomy(plan), name=workdir.name
+  )
   barrier("model saved")
   return models.build(plan.model), variables
 

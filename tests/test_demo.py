@@ -7,6 +7,7 @@ from conftest import write_tiny_checkpoint
 
 from mseg_jax import demo, taxonomy
 from mseg_jax.input_pipeline import catalog, sources, synthetic
+from mseg_jax.taxonomy import outputs
 
 FAST = ["--base-size", "64", "--crop", "65", "--scales", "ss", "--batch-size", "2"]
 
@@ -116,6 +117,74 @@ def test_unreadable_input_is_a_clear_error(checkpoint, tmp_path, name, content, 
     )
 
 
+def test_training_projection_picks_one_dataset_class_per_universal_class():
+  """Each universal class feeds one class that maps to it: the one named like it, else the
+  lowest id; the others sharing it are listed as never predicted."""
+  for dataset in taxonomy.TRAIN_DATASETS:
+    lut, names = taxonomy.to_universal_lut(dataset), taxonomy.class_names(dataset)
+    matrix = outputs.training_projection(dataset)
+    for u in range(taxonomy.NUM_UNIVERSAL):
+      sources = [d for d in range(len(names)) if lut[d] == u]
+      fed = np.flatnonzero(matrix[u]).tolist()
+      assert len(fed) == (1 if sources else 0), (dataset, u)
+      if not sources:
+        continue
+      same = [d for d in sources if names[d].lower() == taxonomy.universal_names()[u]]
+      assert fed == [same[0] if same else min(sources)], (dataset, names[fed[0]])
+  collisions = outputs.training_collisions("mapillary-public65")
+  assert collisions["road"][0] == "Road" and "Bike Lane" in collisions["road"][1]
+  assert collisions["terrain"] == ("Terrain", ["Sand"])
+  assert outputs.training_collisions("ade20k-150")["river_lake"] == ("lake", ["river"])
+  assert outputs.training_collisions("cityscapes-19") == {}
+
+
+def test_class_subset_keeps_named_classes_and_makes_the_rest_other():
+  names = taxonomy.universal_names()
+  lut, kept = outputs.subset_lut(names, ["person", "car", "road"])
+  assert kept == ["person", "car", "road", "other"]
+  labels = np.array([taxonomy.universal_id(n) for n in ("road", "sky", "person", "car")])
+  assert lut[labels].tolist() == [2, 3, 0, 1]
+  with pytest.raises(ValueError, match="unknown classes \\['persn'\\]"):
+    outputs.subset_lut(names, ["persn"])
+
+
+def test_training_taxonomy_output_with_classes_and_probabilities(images, checkpoint, tmp_path):
+  common = ["--checkpoint", checkpoint, "--input", str(images[0]), *FAST]
+  full = tmp_path / "full"
+  demo.main([*common, "--output-dir", str(full), "--save-probabilities", "full"])
+  stem = images[0].stem
+  universal = _gray(full / "gray" / f"{stem}.png", (96, 128), 194)
+  probs = np.load(full / "probabilities" / f"{stem}.npz")["probabilities"]
+  assert probs.dtype == np.float16 and probs.shape == (96, 128, 194)
+  probs = probs.astype(np.float32)
+  picked = np.take_along_axis(probs, universal[..., None].astype(int), -1)[..., 0]
+  np.testing.assert_allclose(picked, probs.max(-1), atol=1e-3)  # float16 rounding
+  confidence = cv2.imread(str(full / "confidence" / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
+  assert confidence.dtype == np.uint8
+  np.testing.assert_allclose(confidence, 255 * probs.max(-1), atol=1)
+
+  ids, counts = np.unique(universal, return_counts=True)
+  assert len(ids) >= 3  # kept classes and others occur
+  keep = ids[np.argsort(counts)[::-1][:2]].tolist()
+  names = [taxonomy.universal_names()[u] for u in keep]
+  subset = tmp_path / "subset"
+  classes = ",".join(names)
+  demo.main([*common, "--output-dir", str(subset), "--classes", classes, "--save-probabilities"])
+  expected = np.where(universal == keep[0], 0, np.where(universal == keep[1], 1, 2))
+  np.testing.assert_array_equal(_gray(subset / "gray" / f"{stem}.png", (96, 128), 3), expected)
+  np.testing.assert_array_equal(
+    cv2.imread(str(subset / "confidence" / f"{stem}.png"), cv2.IMREAD_UNCHANGED), confidence
+  )
+
+  cs = tmp_path / "cs"
+  demo.main([*common, "--output-dir", str(cs), "--taxonomy", "cityscapes-19"])
+  projected = _gray(cs / "gray" / f"{stem}.png", (96, 128), 19)
+  lut = taxonomy.to_universal_lut("cityscapes-19")
+  reachable = np.isin(universal, lut[:19])  # there the universal argmax survives the projection
+  assert reachable.any()
+  np.testing.assert_array_equal(lut[projected][reachable], universal[reachable])
+
+
 @pytest.fixture(scope="module")
 def naive_checkpoint(tmp_path_factory):
   directory = tmp_path_factory.mktemp("model") / "naive"
@@ -154,4 +223,4 @@ def test_naive_model_in_a_test_taxonomy_never_predicts_an_unfed_class(
     gray = _gray(tmp_path / "gray" / f"{path.stem}.png", (96, 128), 11)
     assert not np.isin(gray, unfed).any()
   with pytest.raises(SystemExit):  # a naive model has no universal outputs
-    demo.main([*args, "--output-dir", str(tmp_path / "u"), *FAST])
+    demo.main([*args, "--output-dir", str(tmp_path / "u"), "--taxonomy", "universal", *FAST])

@@ -3,7 +3,9 @@ numpy mIoU of the saved predictions, an interrupted run resumes, the regimes che
 a relabeled evaluation with mseg-api style lists applies the official reward/penalty rule."""
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +14,13 @@ import cv2
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, write_tiny_checkpoint, write_torch_checkpoint
+from conftest import (
+  REPO,
+  random_variables,
+  tiny_hrnet_config,
+  write_tiny_checkpoint,
+  write_torch_checkpoint,
+)
 
 from mseg_jax import evaluate, inference, models, taxonomy
 from mseg_jax.input_pipeline import catalog, sources, synthetic
@@ -74,7 +82,7 @@ def test_cli_prints_table_and_matches_official_numpy(data_root, checkpoint, tmp_
     [
       "--checkpoint",
       str(checkpoint),
-      "--dataset",
+      "--datasets",
       "camvid-11",
       "--data-root",
       str(data_root),
@@ -105,6 +113,8 @@ def test_cli_prints_table_and_matches_official_numpy(data_root, checkpoint, tmp_
       "scales": "ss",
       "miou": {"camvid-11": best},
       "hmean": None,
+      "mean": None,
+      "gmean": None,
     }
   ]
   assert f"| tiny | zero_shot | ss | {100 * best:.1f} | — |" in printed
@@ -124,15 +134,15 @@ def test_interrupted_evaluation_resumes(data_root, checkpoint, tmp_path, monkeyp
   fresh = run_evaluation(model, variables, "camvid-11", data_root, **SETTINGS)
 
   calls = []
-  real_call = inference.Predictor.__call__
+  real_probs = inference.Predictor.probs
 
   def flaky(self, image):
     calls.append(1)
     if len(calls) == 4:
       raise KeyboardInterrupt
-    return real_call(self, image)
+    return real_probs(self, image)
 
-  monkeypatch.setattr(inference.Predictor, "__call__", flaky)
+  monkeypatch.setattr(inference.Predictor, "probs", flaky)
   monkeypatch.setattr(evaluate, "SAVE_EVERY_S", 1e9)  # only the interrupt saves
   with pytest.raises(KeyboardInterrupt):
     run_evaluation(model, variables, "camvid-11", data_root, save_dir=tmp_path, **SETTINGS)
@@ -244,14 +254,12 @@ def test_relabeled_cli_rewards_and_penalizes_with_lists_read_in_place(
     [
       "--checkpoint",
       str(checkpoint),
-      "--dataset",
+      "--datasets",
       CS,
       "--data-root",
       str(data_root),
-      "--root",
-      f"{CS}={root}",
-      "--root",
-      f"{CS_RELABELED}={root}",
+      "--roots",
+      f"{CS}={root},{CS_RELABELED}={root}",
       "--lists-dir",
       str(lists),
       "--regime",
@@ -318,6 +326,102 @@ def test_relabeled_evaluation_checks_its_inputs(data_root, checkpoint, tmp_path)
       )
 
 
+def test_saved_predictions_score_as_the_model_did_and_results_txt_is_official(
+  data_root, checkpoint, tmp_path
+):
+  """`--predictions` scores a folder of gray PNGs without the network (the official
+  has_prediction path); results.txt has the line format collect_results.py parses."""
+  model, variables = models.load_checkpoint(checkpoint)
+  ran = tmp_path / "ran"
+  evaluator = evaluate.Evaluator(
+    model, variables, evaluate.Spec("camvid-11", **SETTINGS), data_root, batch_size=2
+  )
+  direct = evaluator.run(ran, save_predictions=True, save_probabilities="max")
+  assert len(list((ran / "confidence").glob("*.png"))) == 6
+  out = tmp_path / "scored"
+  evaluate.main(
+    [
+      "--predictions",
+      str(ran / "gray"),
+      "--datasets",
+      "camvid-11",
+      "--data-root",
+      str(data_root),
+      "--base-size",
+      "64",
+      "--out-dir",
+      str(out),
+      "--model-name",
+      "saved",
+    ]
+  )
+  run_dir = out / "camvid-11" / "64" / "ss"
+  scored = json.loads((run_dir / "results.json").read_text())
+  assert scored["model"] == "saved"
+  for key in ("miou", "macc", "pixel_acc", "iou"):
+    assert scored[key] == direct[key], key
+  lines = (run_dir / "results.txt").read_text().splitlines()
+  first = f"Eval result: mIoU/mAcc/allAcc {direct['miou']:.4f}/{direct['macc']:.4f}/"
+  assert lines[0] == first + f"{direct['pixel_acc']:.4f}."
+  assert float(lines[0].split()[-1].split("/")[0]) * 100 == pytest.approx(
+    100 * direct["miou"], abs=0.01
+  )
+  assert len(lines) == 1 + 11
+  name, iou, acc = taxonomy.class_names("camvid-11")[0], direct["iou"][0], direct["acc"][0]
+  assert lines[1] == f"Class_00 result: iou/accuracy {iou:.4f}/{acc:.4f}, name: {name}."
+  assert (out / "results.tex").read_text().startswith("\\begin{tabular}")
+
+  stem = sorted((ran / "gray").glob("*.png"))[0]
+  cv2.imwrite(str(stem), np.full((96, 128), 11, np.uint8))
+  with pytest.raises(sources.InputError, match=f"{stem}: prediction holds id 11; .* 11 classes"):
+    evaluate.Evaluator(
+      None, None, evaluate.Spec("camvid-11", **SETTINGS), data_root, predictions_dir=ran / "gray"
+    ).run()
+  stem.unlink()
+  with pytest.raises(sources.InputError, match=f"{stem}: prediction missing"):
+    evaluate.Evaluator(
+      None, None, evaluate.Spec("camvid-11", **SETTINGS), data_root, predictions_dir=ran / "gray"
+    ).run()
+
+
+def test_sigterm_saves_progress_like_ctrl_c(data_root, checkpoint, tmp_path, monkeypatch):
+  """SIGTERM after the second image is counted: partial.npz holds those two, exit code 143."""
+  counted = []
+  real_update = evaluate.tqdm.tqdm.update
+
+  def update(self, n=1):
+    counted.append(n)
+    if len(counted) == 2:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return real_update(self, n)
+
+  monkeypatch.setattr(evaluate.tqdm.tqdm, "update", update)
+  monkeypatch.setattr(evaluate, "SAVE_EVERY_S", 1e9)  # only the interrupt saves
+  out = tmp_path / "eval"
+  with pytest.raises(SystemExit) as exit_info:
+    evaluate.main(
+      [
+        "--checkpoint",
+        str(checkpoint),
+        "--datasets",
+        "camvid-11",
+        "--data-root",
+        str(data_root),
+        "--base-size",
+        "64",
+        "--crop",
+        "65",
+        "--batch-size",
+        "2",
+        "--out-dir",
+        str(out),
+      ]
+    )
+  assert exit_info.value.code == 128 + signal.SIGTERM
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+  assert np.load(out / "camvid-11" / "64" / "ss" / "partial.npz")["done"].sum() == 2
+
+
 def test_naive_checkpoint_in_the_official_format_converts_and_evaluates_zero_shot(
   data_root, tmp_path, capsys
 ):
@@ -347,7 +451,7 @@ def test_naive_checkpoint_in_the_official_format_converts_and_evaluates_zero_sho
     np.testing.assert_array_equal(a, b)
 
   out = tmp_path / "eval"
-  args = ["--checkpoint", str(converted), "--dataset", "camvid-11", "--data-root", str(data_root)]
+  args = ["--checkpoint", str(converted), "--datasets", "camvid-11", "--data-root", str(data_root)]
   args += ["--regime", "naive", "--base-size", "64", "--crop", "65", "--batch-size", "2"]
   evaluate.main([*args, "--out-dir", str(out), "--save-predictions"])
   assert "| naive | naive | ss |" in capsys.readouterr().out
@@ -363,3 +467,29 @@ def test_naive_checkpoint_in_the_official_format_converts_and_evaluates_zero_sho
   unfed = {taxonomy.class_id("camvid-11", n) for n in ("SignSymbol", "Pedestrian", "Column_Pole")}
   assert set(np.flatnonzero(~fed).tolist()) == unfed
   assert taxonomy.class_id("camvid-11", "Bicyclist") in predicted and not predicted & unfed
+
+
+def test_model_name_defaults_to_the_name_the_checkpoint_records(data_root, tmp_path):
+  """A training run records its workdir's name in workdir/model: the table rows say the run."""
+  config = tiny_hrnet_config()
+  models.save_checkpoint(tmp_path / "model", config, random_variables(config), name="run7")
+  evaluate.main(
+    [
+      "--checkpoint",
+      str(tmp_path / "model"),
+      "--datasets",
+      "camvid-11",
+      "--data-root",
+      str(data_root),
+      "--limit",
+      "1",
+      "--base-size",
+      "64",
+      "--crop",
+      "65",
+      "--batch-size",
+      "2",
+    ]
+  )
+  summary = json.loads((tmp_path / "model" / "eval" / "results.json").read_text())
+  assert [row["model"] for row in summary["paper"]] == ["run7"]

@@ -13,7 +13,7 @@ from configs import demo
 from mseg_jax import evaluate, models, train
 from mseg_jax.input_pipeline import synthetic
 
-ARGS = ["--dataset", "camvid-11", "--base-size", "64", "--crop", "65", "--batch-size", "2"]
+ARGS = ["--datasets", "camvid-11", "--base-size", "64", "--crop", "65", "--batch-size", "2"]
 
 
 @pytest.fixture(scope="module")

@@ -253,6 +253,22 @@ def test_relabeled_evaluations_get_their_own_table_row():
   ]
 
 
+def test_paper_rows_have_arithmetic_and_geometric_means_and_a_latex_table():
+  values = dict(zip(metrics.PAPER_DATASETS, (0.7, 0.4, 0.8, 0.6, 0.65, 0.5), strict=True))
+  results = [dict(_result(d, v), model="m_1") for d, v in values.items()]
+  (row,) = metrics.paper_rows(results)
+  assert row["mean"] == pytest.approx(sum(values.values()) / 6)
+  assert row["gmean"] == pytest.approx(np.prod(list(values.values())) ** (1 / 6))
+  assert row["hmean"] < row["gmean"] < row["mean"]
+  header, row_line = metrics.markdown_table(results).splitlines()[0:3:2]
+  assert header.split("|")[-4:-1] == [" h.mean ", " a.mean ", " g.mean "]
+  latex = metrics.latex_table(results).splitlines()
+  assert latex[0] == "\\begin{tabular}{lll" + "r" * 9 + "}"
+  assert latex[2].split(" & ")[-3:] == ["h.mean", "a.mean", "g.mean \\\\"]
+  cells = [c.strip() for c in row_line.split("|")[1:-1]]
+  assert latex[4] == " & ".join(["m\\_1", "zero\\_shot", *cells[2:]]) + " \\\\"
+
+
 def test_naive_merge_gets_its_own_row_with_the_zero_shot_harmonic_mean():
   values = {d: 0.3 + 0.05 * i for i, d in enumerate(metrics.PAPER_DATASETS)}
   results = [_result(d, 0.9) for d in values]  # the universal model, zero-shot

@@ -171,9 +171,10 @@ def test_mgda_gradient_combines_each_datasets_own_gradient(tasks_per_pass):
   variables = model.init(jax.random.key(0), jnp.zeros((1, 9, 9, 3)))
   args = (variables["params"], variables["batch_stats"], batch)
   forward = functools.partial(train.forward_loss, model=model, luts=luts)
-  (loss, (stats, per_dataset)), _ = jax.value_and_grad(forward, has_aux=True)(*args)
+  (loss, (stats, dataset_metrics)), _ = jax.value_and_grad(forward, has_aux=True)(*args)
   grads = [
-    jax.grad(lambda p, t=t: forward(p, *args[1:])[1][1][t])(args[0]) for t in range(3)
+    jax.grad(lambda p, t=t: forward(p, *args[1:])[1][1]["dataset_loss"][t])(args[0])
+    for t in range(3)
   ]  # each dataset's own loss
   flat = np.stack([np.concatenate([x.ravel() for x in jax.tree.leaves(g)]) for g in grads])
   flat = np.concatenate([flat, np.zeros_like(flat[:1])]).astype(np.float64)  # dataset 3
@@ -181,7 +182,7 @@ def test_mgda_gradient_combines_each_datasets_own_gradient(tasks_per_pass):
     solve(jnp.asarray(flat @ flat.T, jnp.float32), np.array([1, 1, 1, 0], bool))
   )
 
-  (m_loss, (m_stats, m_per_dataset, w)), m_grads = jax.jit(
+  (m_loss, (m_stats, m_metrics)), m_grads = jax.jit(
     functools.partial(
       train.mgda_value_and_grad,
       model=model,
@@ -191,7 +192,9 @@ def test_mgda_gradient_combines_each_datasets_own_gradient(tasks_per_pass):
     )
   )(*args)
   np.testing.assert_allclose(m_loss, loss, rtol=1e-6)
-  np.testing.assert_allclose(m_per_dataset, per_dataset, rtol=1e-6)
+  w = m_metrics["mgda_weights"]
+  np.testing.assert_allclose(m_metrics["dataset_loss"], dataset_metrics["dataset_loss"], rtol=1e-6)
+  np.testing.assert_allclose(m_metrics["dataset_pixel_acc"], dataset_metrics["dataset_pixel_acc"])
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), m_stats, stats)
   assert w[3] == 0 and 0 < w[:3].min() and abs(float(w.sum()) - 1) < 1e-6
   np.testing.assert_allclose(w, expected_w, atol=1e-4)

@@ -112,6 +112,35 @@ def test_plan_checks_the_config_before_anything_is_built():
   assert derived["train_datasets"] == list(RELABELED) and derived["total_steps"] == 600_000
 
 
+def test_augmentation_ranges_are_config_keys_that_reach_the_transforms(tmp_path, monkeypatch):
+  """The official scale_min/max 0.5/2.0 and rotate_min/max -10/10 are config.data keys."""
+  from mseg_jax.input_pipeline import batching, synthetic, transforms
+
+  config = mseg_3m.get_config("1080p")
+  assert tuple(config.data.scale_range) == (0.5, 2.0)
+  assert tuple(config.data.rotate_range) == (-10.0, 10.0)
+  seen = []
+  real = transforms.train_transforms
+
+  def record(short_size, crop_size, scale_range, rotate_range):
+    seen.append((scale_range, rotate_range))
+    return real(short_size, crop_size, scale_range, rotate_range)
+
+  monkeypatch.setattr(transforms, "train_transforms", record)
+  root = synthetic.write_synthetic(tmp_path, num_train=2, num_val=1, num_test=1, size=(32, 40))
+  batching.dataset_examples(
+    "cityscapes-19",
+    0,
+    data_root=root,
+    crop_size=17,
+    short_size=32,
+    seed=0,
+    scale_range=(0.9, 1.1),
+    rotate_range=(-2.0, 3.0),
+  )
+  assert seen == [((0.9, 1.1), (-2.0, 3.0))]
+
+
 def test_naive_baseline_mirrors_the_official_yaml():
   path = shared_path(
     "reference",
@@ -141,3 +170,28 @@ def test_naive_baseline_mirrors_the_official_yaml():
   config.data.relabeled = True
   with pytest.raises(ValueError, match="taxonomy='naive' merges the unrelabeled"):
     train.make_plan(config)
+
+
+def test_validation_is_off_by_default_and_needs_datasets_when_on():
+  config = mseg_3m.get_config("1080p")
+  assert config.validation.every_steps == 0
+  config.data.data_root = "/data"
+  config.init.kind = "none"
+  config.validation.every_steps = 100
+  with pytest.raises(
+    ValueError, match="validation.every_steps=100 needs config.validation.datasets"
+  ):
+    train.make_plan(config)
+  config.validation.datasets = ("camvid-11", "cityscapes-19")
+  plan = train.make_plan(config)
+  assert [train.validation_regime(plan, d) for d in config.validation.datasets] == [
+    "zero_shot",
+    "training",
+  ]
+  assert train.model_taxonomy(plan) == "universal"
+  oracle = single_dataset.get_config("camvid-11,oracle")
+  oracle.data.data_root = "/data"
+  oracle.init.kind = "none"
+  plan = train.make_plan(oracle)
+  assert train.model_taxonomy(plan) == "camvid-11"
+  assert train.validation_regime(plan, "camvid-11") == "oracle"

@@ -8,8 +8,11 @@
 
 The .pth is read without torch (zip and legacy formats; only state_dict globals are allowed).
 The architecture (HRNet, or PSPNet from its `layer0.*` deep stem), its size and the class count
-are inferred from the state_dict, and every key and shape is checked both ways. Load the result
-with `mseg_jax.models.load_checkpoint(DIR)`. --backbone-only reads ImageNet HRNet checkpoints.
+are inferred from the state_dict, and every key and shape is checked both ways. The model's
+taxonomy (universal, naive or a dataset name) is recorded: inferred from the class count when
+only one taxonomy has it, else given with --taxonomy (e.g. 21 classes: voc2012,
+bdd-relabeled or cityscapes-19-relabeled). Load the result with
+`mseg_jax.models.load_checkpoint(DIR)`. --backbone-only reads ImageNet HRNet checkpoints.
 """
 
 import argparse
@@ -21,12 +24,21 @@ import numpy as np
 from tqdm import tqdm
 
 from mseg_jax import models, torch_checkpoint
+from mseg_jax.taxonomy import outputs
 
 
 def convert(
-  input_path: Path, output: Path, backbone_only: bool = False, num_classes: int = 194, seed: int = 0
-) -> models.HRNetConfig | models.PSPNetConfig:
-  """Reads `input_path`, checks it against the inferred architecture, writes `output`."""
+  input_path: Path,
+  output: Path,
+  backbone_only: bool = False,
+  num_classes: int = 194,
+  seed: int = 0,
+  taxonomy: str | None = None,
+) -> tuple[models.HRNetConfig | models.PSPNetConfig, str]:
+  """Reads `input_path`, checks it against the inferred architecture, writes `output`.
+
+  Returns (config, taxonomy): `taxonomy`, or the only one with the model's class count.
+  """
   state_dict = models.checkpoint_state_dict(torch_checkpoint.load(input_path), str(input_path))
   if backbone_only:
     config = models.infer_config(state_dict, num_classes=num_classes, path=str(input_path))
@@ -34,8 +46,11 @@ def convert(
   else:
     config = models.infer_config(state_dict, path=str(input_path))
     variables = models.state_dict_to_variables(state_dict, config, path=str(input_path))
-  models.save_checkpoint(output, config, variables)
-  return config
+  if taxonomy is None:
+    taxonomy = outputs.infer_taxonomy(config.num_classes, str(input_path))
+  outputs.check_taxonomy(taxonomy, config.num_classes, str(input_path))
+  models.save_checkpoint(output, config, variables, taxonomy=taxonomy)
+  return config, taxonomy
 
 
 def check(directory: Path, input_npy: Path, output_npy: Path) -> tuple[float, float]:
@@ -81,6 +96,13 @@ def main(argv: list[str] | None = None) -> int:
   )
   parser.add_argument("--num-classes", type=int, default=194, help="head size (--backbone-only)")
   parser.add_argument("--seed", type=int, default=0, help="head init seed (--backbone-only)")
+  parser.add_argument(
+    "--taxonomy",
+    choices=outputs.taxonomy_names(),
+    metavar="NAME",
+    help="the model's taxonomy: universal, naive or a dataset name (default: the only "
+    "taxonomy with the model's class count)",
+  )
   parser.add_argument("--check-input", type=Path, help="(N,3,H,W) float32 normalized images")
   parser.add_argument("--check-output", type=Path, help="(N,C,H,W) logits PyTorch gave for them")
   parser.add_argument(
@@ -90,8 +112,14 @@ def main(argv: list[str] | None = None) -> int:
   if (args.check_input is None) != (args.check_output is None):
     parser.error("--check-input and --check-output go together")
 
-  config = convert(args.input, args.output, args.backbone_only, args.num_classes, args.seed)
-  print(f"wrote {args.output}: {config}")
+  try:
+    config, taxonomy = convert(
+      args.input, args.output, args.backbone_only, args.num_classes, args.seed, args.taxonomy
+    )
+  except ValueError as e:
+    parser.error(str(e))
+  chosen = "given" if args.taxonomy else f"the only one with {config.num_classes} classes"
+  print(f"wrote {args.output}: {config}\ntaxonomy: {taxonomy} ({chosen})")
   if args.check_input is None:
     return 0
   rel, agreement = check(args.output, args.check_input, args.check_output)

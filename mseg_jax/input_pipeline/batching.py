@@ -58,8 +58,11 @@ def dataset_examples(
   roots: dict[str, str] | None = None,
   lists_dir: str | Path | None = None,
   split: str = "train",
+  scale_range: tuple[float, float] = (0.5, 2.0),
+  rotate_range: tuple[float, float] = (-10.0, 10.0),
 ) -> grain.MapDataset:
-  """Infinite augmented examples {"image", "label", "dataset"} of dataset `name` (index `index`)."""
+  """Infinite augmented examples {"image", "label", "dataset"} of dataset `name` (index `index`);
+  `scale_range` and `rotate_range` (degrees) bound the random scale and rotation."""
   source = sources.ListSource(
     catalog.list_path(data_root, name, split, roots, lists_dir),
     catalog.dataset_root(data_root, name, roots),
@@ -67,7 +70,7 @@ def dataset_examples(
   ds = grain.MapDataset.source(source).seed(_dataset_seed(seed, index)).shuffle().repeat()
   ds = ds.map(sources.Decode(num_classes=len(taxonomy.class_names(name))))
   ds = grain.experimental.apply_transformations(
-    ds, transforms.train_transforms(short_size, crop_size)
+    ds, transforms.train_transforms(short_size, crop_size, scale_range, rotate_range)
   )
   return ds.map(_Tag(index))
 
@@ -108,6 +111,8 @@ def train_dataset(
   process_count: int = 1,
   split: str = "train",
   lists_dir: str | Path | None = None,
+  scale_range: tuple[float, float] = (0.5, 2.0),
+  rotate_range: tuple[float, float] = (-10.0, 10.0),
 ) -> grain.IterDataset:
   """Infinite host batches {"image": uint8 (B, h, w, 3), "label": uint8 (B, h, w) in each
   dataset's own ids, "dataset": int32 (B,) index into `datasets`}.
@@ -139,6 +144,8 @@ def train_dataset(
       roots=roots,
       lists_dir=lists_dir,
       split=split,
+      scale_range=scale_range,
+      rotate_range=rotate_range,
     )
     streams += [examples[row::share] for row in range(lo, hi)]
   steps = min(len(s) for s in streams)

@@ -11,6 +11,7 @@ List files hold `rgb_relpath label_relpath` lines relative to the dataset root. 
 defaults to `<data_root>/dataset_lists`, where `python -m mseg_jax.prepare lists` writes them.
 """
 
+import argparse
 from pathlib import Path
 
 LISTS_FOLDER = "dataset_lists"
@@ -74,3 +75,11 @@ def list_path(
     raise KeyError(f"unknown dataset {name!r}; known: {', '.join(sorted(DEFAULT_ROOTS))}")
   lists_dir = Path(data_root) / LISTS_FOLDER if lists_dir is None else Path(lists_dir)
   return lists_dir / name / "list" / f"{split}.txt"
+
+
+def parse_roots(text: str) -> dict[str, str]:
+  """`--roots name=path[,name=path...]` (every CLI) -> {name: path}."""
+  pairs = [item.split("=", 1) for item in text.split(",") if item]
+  if any(len(p) != 2 for p in pairs):
+    raise argparse.ArgumentTypeError(f"--roots wants name=path[,name=path...], got {text!r}")
+  return dict(pairs)

@@ -115,13 +115,6 @@ def summary_table(reports: list[SplitReport]) -> str:
   return "\n".join(lines)
 
 
-def _parse_roots(text: str) -> dict[str, str]:
-  pairs = [item.split("=", 1) for item in text.split(",") if item]
-  if any(len(p) != 2 for p in pairs):
-    raise argparse.ArgumentTypeError(f"--roots wants name=path[,name=path...], got {text!r}")
-  return dict(pairs)
-
-
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description="Check MSeg datasets on disk before training.")
   parser.add_argument("--data-root", required=True, help="parent of mseg_dataset/ (MSEG_DST_DIR)")
@@ -133,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
   )
   parser.add_argument(
     "--roots",
-    type=_parse_roots,
+    type=catalog.parse_roots,
     default=None,
     help="per-dataset root overrides: name=path[,name=path...]",
   )

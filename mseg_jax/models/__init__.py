@@ -2,7 +2,12 @@
 conversion."""
 
 from mseg_jax.models.build import architecture, build, config_from_dict, preset
-from mseg_jax.models.checkpoint import load_checkpoint, save_checkpoint
+from mseg_jax.models.checkpoint import (
+  CheckpointInfo,
+  checkpoint_info,
+  load_checkpoint,
+  save_checkpoint,
+)
 from mseg_jax.models.convert import (
   ConversionError,
   backbone_to_variables,
@@ -27,12 +32,14 @@ __all__ = [
   "ConversionError",
   "HRNet",
   "HRNetConfig",
+  "CheckpointInfo",
   "PRETRAINED_KINDS",
   "PSPNet",
   "PSPNetConfig",
   "architecture",
   "backbone_to_variables",
   "build",
+  "checkpoint_info",
   "checkpoint_state_dict",
   "compiler_options",
   "config_from_dict",
