@@ -208,10 +208,10 @@ class Plan:
     }
 
 
-def model_taxonomy(plan: Plan) -> str:
+def model_taxonomy(config: ml_collections.ConfigDict) -> str:
   """The taxonomy the trained model predicts in: universal, naive, or its one dataset's."""
-  kind = plan.config.data.taxonomy
-  return plan.datasets[0] if kind == "dataset" else kind
+  kind = config.data.taxonomy
+  return train_datasets(config)[0] if kind == "dataset" else kind
 
 
 def device_layout(batch_size: int, devices: int, max_device_batch: int | None) -> tuple[int, int]:
@@ -864,6 +864,22 @@ class _MetricsLog:
       self._jsonl.close()
 
 
+def _evaluator(
+  config: ml_collections.ConfigDict, model, variables: dict, spec, batch_size: int
+) -> evaluate_lib.Evaluator:
+  """An Evaluator of the model being trained on the config's data, in its training taxonomy."""
+  return evaluate_lib.Evaluator(
+    model,
+    variables,
+    spec,
+    config.data.data_root,
+    roots=config.data.roots.to_dict() or None,
+    lists_dir=config.data.lists_dir,
+    batch_size=batch_size,
+    model_taxonomy=model_taxonomy(config),
+  )
+
+
 def validation_regime(plan: Plan, dataset: str) -> str:
   """The regime a model in the training taxonomy is validated in on `dataset`."""
   kind = plan.config.data.taxonomy
@@ -886,16 +902,7 @@ def validate(plan: Plan, model: models.HRNet, state: State) -> dict[str, float]:
       crop=validation.crop,
       limit=validation.limit,
     )
-    evaluator = evaluate_lib.Evaluator(
-      model,
-      variables,
-      spec,
-      config.data.data_root,
-      roots=config.data.roots.to_dict() or None,
-      lists_dir=config.data.lists_dir,
-      batch_size=validation.batch_size,
-      model_taxonomy=model_taxonomy(plan),
-    )
+    evaluator = _evaluator(config, model, variables, spec, validation.batch_size)
     mious[name] = evaluator.run()["miou"]
   return mious
 
@@ -1060,7 +1067,11 @@ def train(plan: Plan, workdir: str | Path) -> tuple[models.HRNet, dict] | None:
     return None
   variables = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
   models.save_checkpoint(  # collective, written once
-    workdir / "model", plan.model, variables, taxonomy=model_taxonomy(plan), name=workdir.name
+    workdir / "model",
+    plan.model,
+    variables,
+    taxonomy=model_taxonomy(plan.config),
+    name=workdir.name,
   )
   barrier("model saved")
   return models.build(plan.model), variables
@@ -1086,15 +1097,7 @@ def evaluate(
         limit=config.eval.limit,
         model=Path(workdir).name,
       )
-      evaluator = evaluate_lib.Evaluator(
-        model,
-        variables,
-        spec,
-        config.data.data_root,
-        roots=config.data.roots.to_dict() or None,
-        lists_dir=config.data.lists_dir,
-        batch_size=config.eval.batch_size,
-      )
+      evaluator = _evaluator(config, model, variables, spec, config.eval.batch_size)
       results.append(evaluator.run(evaluator.save_dir(out)))
   if results and jax.process_index() == 0:
     report = evaluate_lib.write_report(evaluate_lib.collect(out), out)

@@ -188,10 +188,10 @@ def test_validation_is_off_by_default_and_needs_datasets_when_on():
     "zero_shot",
     "training",
   ]
-  assert train.model_taxonomy(plan) == "universal"
+  assert train.model_taxonomy(plan.config) == "universal"
   oracle = single_dataset.get_config("camvid-11,oracle")
   oracle.data.data_root = "/data"
   oracle.init.kind = "none"
   plan = train.make_plan(oracle)
-  assert train.model_taxonomy(plan) == "camvid-11"
+  assert train.model_taxonomy(plan.config) == "camvid-11"
   assert train.validation_regime(plan, "camvid-11") == "oracle"
