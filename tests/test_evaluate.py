@@ -134,15 +134,15 @@ def test_interrupted_evaluation_resumes(data_root, checkpoint, tmp_path, monkeyp
   fresh = run_evaluation(model, variables, "camvid-11", data_root, **SETTINGS)
 
   calls = []
-  real_probs = inference.Predictor.probs
+  real_call = inference.Predictor.__call__  # single scale: labels without probabilities
 
   def flaky(self, image):
     calls.append(1)
     if len(calls) == 4:
       raise KeyboardInterrupt
-    return real_probs(self, image)
+    return real_call(self, image)
 
-  monkeypatch.setattr(inference.Predictor, "probs", flaky)
+  monkeypatch.setattr(inference.Predictor, "__call__", flaky)
   monkeypatch.setattr(evaluate, "SAVE_EVERY_S", 1e9)  # only the interrupt saves
   with pytest.raises(KeyboardInterrupt):
     run_evaluation(model, variables, "camvid-11", data_root, save_dir=tmp_path, **SETTINGS)
