@@ -449,7 +449,29 @@ def dataset_pixel_accuracy(
   accuracy, one GPU per dataset); 0 for a dataset without valid pixels. `counts` as in
   `multi_dataset_loss` (a micro-batch's accuracies then add up to the step's)."""
   correct = (labels != taxonomy.IGNORE) & (jnp.argmax(logits, axis=-1) == labels)
-  sums = jax.ops.segment_sum(correct.sum(axis=(1, 2), dtype=jnp.float32), dataset, num_datasets)
+  return _dataset_accuracy(
+    correct.sum(axis=(1, 2), dtype=jnp.float32), labels, dataset, num_datasets, counts
+  )
+
+
+def dataset_pixel_accuracy_quarter(
+  quarter: jax.Array,
+  labels: jax.Array,
+  dataset: jax.Array,
+  num_datasets: int,
+  counts: jax.Array | None = None,
+) -> jax.Array:
+  """`dataset_pixel_accuracy` of HRNet's quarter-resolution logits upsampled to the labels'
+  size, without the full-size logits in memory."""
+  valid = labels != taxonomy.IGNORE
+  target = jnp.where(valid, labels, 0).astype(jnp.int32)
+  correct = upsampled_loss.pixel_correct_sums(quarter.astype(jnp.float32), target, valid)
+  return _dataset_accuracy(correct, labels, dataset, num_datasets, counts)
+
+
+def _dataset_accuracy(image_correct, labels, dataset, num_datasets, counts):
+  """(num_datasets,) correct / valid pixels from per-image correct counts."""
+  sums = jax.ops.segment_sum(image_correct, dataset, num_datasets)
   if counts is None:
     counts = dataset_counts(labels, dataset, num_datasets)
   return sums / jnp.maximum(counts, 1.0)
@@ -483,7 +505,11 @@ def forward_loss(
       variables, images, train=True, return_quarter=True, mutable=["batch_stats"], **masked
     )
     loss, per_dataset, _ = multi_dataset_loss_quarter(quarter, labels, batch["dataset"], n, counts)
-    return loss, (updates["batch_stats"], per_dataset)
+    accuracy = dataset_pixel_accuracy_quarter(quarter, labels, batch["dataset"], n, counts)
+    return loss, (
+      updates["batch_stats"],
+      {"dataset_loss": per_dataset, "dataset_pixel_acc": accuracy},
+    )
   if not isinstance(model, models.PSPNet):
     logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"], **masked)
     loss, per_dataset, _ = multi_dataset_loss(logits, labels, batch["dataset"], n, counts)

@@ -39,3 +39,19 @@ def test_transposed_taps_are_the_transpose_of_the_interpolation():
     jax.jacobian(lambda x: resize_bilinear(x, (1, 37), True))(jnp.zeros((1, 1, 10, 1)))
   )
   np.testing.assert_allclose((g[index] * weight).sum(1), dense.reshape(37, 10).T @ g, atol=1e-6)
+
+
+@pytest.mark.parametrize("quarter_hw,out_hw", [((17, 17), (65, 65)), ((9, 12), (70, 45))])
+def test_banded_pixel_accuracy_equals_the_accuracy_of_the_upsampled_logits(quarter_hw, out_hw):
+  k1, k2, k3 = jax.random.split(jax.random.key(1), 3)
+  quarter = 3 * jax.random.normal(k1, (3, *quarter_hw, 5))
+  logits = resize_bilinear(quarter, out_hw, align_corners=True)
+  labels = jnp.argmax(logits, axis=-1).astype(jnp.uint8)  # right everywhere ...
+  wrong = jax.random.uniform(k2, labels.shape) < 0.3
+  labels = jnp.where(wrong, (labels + 1) % 5, labels)  # ... but here
+  labels = jnp.where(jax.random.uniform(k3, labels.shape) < 0.2, 255, labels)
+  dataset = jnp.array([0, 1, 0])
+  expected = train.dataset_pixel_accuracy(logits, labels, dataset, 2)
+  banded = train.dataset_pixel_accuracy_quarter(quarter, labels, dataset, 2)
+  np.testing.assert_allclose(np.asarray(banded), np.asarray(expected), rtol=1e-6)
+  assert 0.5 < float(expected[0]) < 0.9
