@@ -44,14 +44,15 @@ def write_label_png(path: Path, label: np.ndarray) -> None:
   atomic_write_bytes(path, buf.tobytes())
 
 
-def read_png(path: Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
-  """A PNG as stored (uint8/uint16, 1 or 3 channels as BGR), or a PrepareError naming it."""
+def read_png(path: Path, flags: int = cv2.IMREAD_UNCHANGED, what: str = "file") -> np.ndarray:
+  """A PNG as stored (uint8/uint16, 1 or 3 channels as BGR), or a PrepareError naming it (and
+  `what` it is)."""
   path = Path(path)
   if not path.is_file():
-    raise PrepareError(f"{path}: file not found")
+    raise PrepareError(f"{path}: {what} not found")
   array = cv2.imread(str(path), flags)
   if array is None:
-    raise PrepareError(f"{path}: unreadable or corrupt image")
+    raise PrepareError(f"{path}: unreadable or corrupt {what}")
   return array
 
 

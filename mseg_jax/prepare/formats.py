@@ -17,7 +17,7 @@ import scipy.io
 from PIL import Image, ImageDraw
 
 from mseg_jax import taxonomy
-from mseg_jax.prepare.common import PrepareError
+from mseg_jax.prepare.common import PrepareError, read_png
 
 IGNORE = 255
 COLORS_FILE = Path(__file__).parent / "data" / "label_colors.json"
@@ -115,12 +115,7 @@ def apply_lut(label: np.ndarray, lut: np.ndarray) -> np.ndarray:
 
 def read_grey_label(path: Path) -> np.ndarray:
   """A single-channel uint8 or uint16 label PNG as stored."""
-  path = Path(path)
-  if not path.is_file():
-    raise PrepareError(f"{path}: label file not found")
-  label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-  if label is None:
-    raise PrepareError(f"{path}: unreadable or corrupt label image")
+  label = read_png(path, what="label file")
   if label.ndim != 2 or label.dtype not in (np.uint8, np.uint16):
     raise PrepareError(
       f"{path}: expected a single-channel 8- or 16-bit label, got {label.dtype} {label.shape}"
@@ -130,13 +125,7 @@ def read_grey_label(path: Path) -> np.ndarray:
 
 def read_color_png(path: Path) -> np.ndarray:
   """An RGB-coded label (RGB, palette or RGBA PNG) as uint8 (H, W, 3) BGR."""
-  path = Path(path)
-  if not path.is_file():
-    raise PrepareError(f"{path}: label file not found")
-  image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-  if image is None:
-    raise PrepareError(f"{path}: unreadable or corrupt label image")
-  return image
+  return read_png(path, cv2.IMREAD_COLOR, what="label file")
 
 
 def _rgb_keys(bgr: np.ndarray) -> np.ndarray:
