@@ -2,6 +2,8 @@
 
 import os
 import struct
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -120,3 +122,26 @@ def write_torch_checkpoint(path: Path, state_dict: dict) -> Path:
     for key, raw in storages.items():
       archive.writestr(f"archive/data/{key}", raw)
   return path
+
+
+def run_on_simulated_devices(code: str, devices: int, *args, timeout: int = 900) -> str:
+  """Runs `code` with `args` in a fresh Python on `devices` simulated CPU devices (conftest and
+  the package importable); fails the test with its stderr if it fails; returns its stdout."""
+  repo = Path(__file__).resolve().parents[1]
+  env = dict(
+    os.environ,
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    JAX_PLATFORMS="cpu",
+    JAX_DISABLE_MOST_OPTIMIZATIONS="1",  # compiles 2x faster
+    PYTHONPATH=os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]),
+  )
+  proc = subprocess.run(
+    [sys.executable, "-c", code, *map(str, args)],
+    cwd=Path(__file__).parent,  # conftest is importable
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc.stdout

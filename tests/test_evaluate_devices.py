@@ -6,14 +6,11 @@ Everything runs in one subprocess started with XLA_FLAGS=--xla_force_host_platfo
 """
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from conftest import run_on_simulated_devices
 
 CHILD = r"""
 import json, sys
@@ -63,22 +60,8 @@ print(json.dumps(report))
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   out = tmp_path_factory.mktemp("devices")
-  env = dict(
-    os.environ,
-    XLA_FLAGS="--xla_force_host_platform_device_count=4",
-    JAX_PLATFORMS="cpu",
-    JAX_DISABLE_MOST_OPTIMIZATIONS="1",  # compiles 2x faster
-  )
-  proc = subprocess.run(
-    [sys.executable, "-c", CHILD, str(out)],
-    cwd=Path(__file__).parent,  # conftest is importable
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return out, json.loads(proc.stdout.strip().splitlines()[-1])
+  stdout = run_on_simulated_devices(CHILD, 4, out, timeout=600)
+  return out, json.loads(stdout.strip().splitlines()[-1])
 
 
 def test_four_devices_give_the_one_device_results(runs):

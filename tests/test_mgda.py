@@ -1,11 +1,7 @@
 """MGDA: the min-norm solver (hand-solved cases, its properties) and the MGDA train step."""
 
 import functools
-import importlib.util
 import itertools
-import os
-import subprocess
-import sys
 from typing import Any
 
 import jax
@@ -13,9 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO, shared_path
+from conftest import run_on_simulated_devices, shared_path
 from flax import linen as nn
 
+from configs import mseg_mgda
 from mseg_jax import mgda, train
 
 solve = jax.jit(mgda.min_norm_weights)  # compiled once per number of tasks
@@ -252,21 +249,8 @@ np.savez(sys.argv[1], **out)
 
 
 def test_sharded_mgda_step_equals_single_device_step(tmp_path):
-  env = dict(
-    os.environ,
-    XLA_FLAGS="--xla_force_host_platform_device_count=4",
-    JAX_PLATFORMS="cpu",
-    JAX_DISABLE_MOST_OPTIMIZATIONS="1",
-  )
   out = tmp_path / "out.npz"
-  proc = subprocess.run(
-    [sys.executable, "-c", CHILD, str(out)],
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=900,
-  )
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  run_on_simulated_devices(CHILD, 4, out)
   result = np.load(out)
   for k in range(2):
     w = result[f"1/weights{k}"]
@@ -286,10 +270,7 @@ def test_mseg_mgda_config_mirrors_the_official_yaml():
     ).read_text()
   )
   data, recipe = official["DATA"], official["TRAIN"]
-  spec = importlib.util.spec_from_file_location("mseg_mgda", REPO / "configs" / "mseg_mgda.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = mseg_mgda.get_config()
   assert config.mgda.enabled and config.mgda.normalization == "none"
   assert train.train_datasets(config) == tuple(data["dataset"])
   assert config.data.crop_size == recipe["train_h"] == recipe["train_w"]

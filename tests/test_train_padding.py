@@ -5,10 +5,6 @@ the BatchNorm statistics and the loss, so that a padded step equals the unpadded
 """
 
 import functools
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +12,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import random_variables, tiny_hrnet_config
+from conftest import random_variables, run_on_simulated_devices, tiny_hrnet_config
 
 from configs import mseg_1m, mseg_3m, mseg_mgda, mseg_naive, pspnet, single_dataset
 from mseg_jax import models, taxonomy, train
@@ -245,23 +241,8 @@ np.savez(sys.argv[1], **out)
 
 
 def test_batch_35_on_8_devices_equals_the_step_on_1_device(tmp_path):
-  env = dict(
-    os.environ,
-    XLA_FLAGS="--xla_force_host_platform_device_count=8",
-    JAX_PLATFORMS="cpu",
-    JAX_DISABLE_MOST_OPTIMIZATIONS="1",
-  )
   out = tmp_path / "out.npz"
-  repo = Path(__file__).resolve().parents[1]
-  proc = subprocess.run(
-    [sys.executable, "-c", CHILD, str(out)],
-    cwd=Path(__file__).parent,  # conftest is importable
-    env=dict(env, PYTHONPATH=os.pathsep.join([str(repo), env.get("PYTHONPATH", "")])),
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  run_on_simulated_devices(CHILD, 8, out, timeout=600)
   result = np.load(out)
   keys = [k[2:] for k in result.files if k.startswith("1/")]
   assert any("grads" in k for k in keys) and any("batch_stats" in k for k in keys)

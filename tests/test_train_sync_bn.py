@@ -5,12 +5,8 @@ the same jitted train_step, the same global batch, once on a 1-device mesh and o
 4-device mesh with the batch sharded on "data".
 """
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
+from conftest import run_on_simulated_devices
 
 CHILD = r"""
 import functools, sys
@@ -61,22 +57,8 @@ np.savez(sys.argv[1], **out)
 
 
 def test_sharded_step_equals_single_device_step(tmp_path):
-  env = dict(
-    os.environ,
-    XLA_FLAGS="--xla_force_host_platform_device_count=4",
-    JAX_PLATFORMS="cpu",
-    JAX_DISABLE_MOST_OPTIMIZATIONS="1",
-  )  # compiles 2x faster
   out = tmp_path / "out.npz"
-  proc = subprocess.run(
-    [sys.executable, "-c", CHILD, str(out)],
-    cwd=Path(__file__).parent,  # conftest is importable
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=900,
-  )
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  run_on_simulated_devices(CHILD, 4, out)
   result = np.load(out)
   keys = [k[2:] for k in result.files if k.startswith("1/")]
   assert any("batch_stats" in k for k in keys) and any("params" in k for k in keys)
