@@ -5,6 +5,10 @@
   python benchmarks/bench_model.py --sizes 473 713        # ours, same machine, alternated
   python benchmarks/bench_torch_hrnet.py --train --sizes 473 --batch 2   # training step
   python benchmarks/bench_train.py --crop 473 --batch 2                   # ours, alternated
+  python benchmarks/bench_torch_hrnet.py --frame --base-sizes 360          # one 1080p frame
+  python benchmarks/bench_inference.py --settings 360:ss --estimate ""     # ours, alternated
+  python benchmarks/bench_torch_hrnet.py --single-crop 2                   # batched, crop 473
+  python benchmarks/bench_inference.py --single-crop 2                     # ours, alternated
 
 CPU timings on a shared machine drift by 10-30% within minutes, so compare the two scripts
 run alternately, not against numbers taken at another time. The network is the official
@@ -14,19 +18,35 @@ against the released model's 65,985,554. `--train` times the official training s
 train-mode forward (BN batch statistics), cross entropy with ignore 255 at full resolution,
 backward and SGD (momentum 0.9, weight decay 1e-4), and prints the process's peak RSS (run one
 mode per process for a clean peak).
+
+`--frame` times the official `InferenceTask` single-scale procedure on a random uint8
+--width x --height frame, per base size: short side round(base size) (cv2 INTER_LINEAR), mean
+colour padding to the crop (713), sliding windows at stride ceil(2/3 crop), one window and its
+flip per network call (batch_size_val 1), softmax, flip average, window average, unpad,
+cv2.resize of the (H, W, 194) probabilities to the frame, argmax. `--single-crop N` times the
+official `BatchedInferenceTask` on N frames per call (crop 473): each frame resized to fit the
+crop (truncating ResizeShort to floor(short * crop / long)), normalised, zero-padded, N frames
+and their flips in one call, softmax, flip average, unpad, F.interpolate (align_corners=True)
+to the frame size, argmax. Both print seconds (median of --repeats after one warm-up) and the
+peak RSS: run one base size or mode per process for a clean peak.
 """
 
 import argparse
+import math
 import resource
 import statistics
 import time
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 WIDTHS = (48, 96, 192, 384)
 RELEASED_PARAMS = 65_985_554
+MEAN = (123.675, 116.28, 103.53)
+STD = (58.395, 57.12, 57.375)
 
 
 def conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1, relu: bool = True):
@@ -135,6 +155,109 @@ def time_train_step(model: nn.Module, size: int, batch: int, repeats: int) -> li
   return times
 
 
+def peak_rss_gib() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def window_starts(size: int, crop: int) -> list[int]:
+  """scale_process_cuda's window offsets on one padded axis: the last one ends at the border."""
+  stride = math.ceil(crop * 2 / 3)
+  grid = math.ceil((size - crop) / stride) + 1
+  return [min(i * stride + crop, size) - crop for i in range(grid)]
+
+
+def scaled_size(height: int, width: int, base_size: int) -> tuple[int, int]:
+  """resize_by_scaled_short_side at scale 1.0: Python round (half to even)."""
+  short = round(1.0 * base_size)
+  if height > width:
+    return round(short / width * height), short
+  return short, round(short / height * width)
+
+
+def net_process(model: nn.Module, crop: np.ndarray) -> torch.Tensor:
+  """InferenceTask.net_process: a crop and its flip in one call -> (194, crop, crop) probs."""
+  x = torch.from_numpy(crop.transpose(2, 0, 1)).float()
+  for t, m, s in zip(x, MEAN, STD, strict=True):  # normalize_img
+    t.sub_(m).div_(s)
+  x = x.unsqueeze(0)
+  x = torch.cat([x, x.flip(3)], 0)
+  output = model(x)  # the model upsamples its logits to the crop (align_corners=True)
+  output = torch.softmax(output, 1)
+  return (output[0] + output[1].flip(2)) / 2
+
+
+def frame_labels(model: nn.Module, frame: np.ndarray, base_size: int, crop: int) -> np.ndarray:
+  """InferenceTask.execute_on_img, single scale, on CPU: uint8 RGB (H, W, 3) -> uint8 labels."""
+  image = np.float32(frame)  # imread_rgb
+  h, w = image.shape[:2]
+  new_h, new_w = scaled_size(h, w, base_size)
+  image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+  pad_h, pad_w = max(crop - new_h, 0), max(crop - new_w, 0)
+  top, left = pad_h // 2, pad_w // 2
+  if pad_h > 0 or pad_w > 0:  # pad_to_crop_sz
+    image = cv2.copyMakeBorder(
+      image, top, pad_h - top, left, pad_w - left, cv2.BORDER_CONSTANT, value=MEAN
+    )
+  padded_h, padded_w = image.shape[:2]
+  prediction_crop = torch.zeros((model.last_layer[-1].out_channels, padded_h, padded_w))
+  count_crop = torch.zeros((padded_h, padded_w))
+  for y in window_starts(padded_h, crop):
+    for x in window_starts(padded_w, crop):
+      count_crop[y : y + crop, x : x + crop] += 1
+      prediction_crop[:, y : y + crop, x : x + crop] += net_process(
+        model, image[y : y + crop, x : x + crop].copy()
+      )
+  prediction_crop /= count_crop.unsqueeze(0)
+  prediction_crop = prediction_crop[:, top : top + new_h, left : left + new_w]
+  prediction_crop = prediction_crop.permute(1, 2, 0).data.cpu().numpy()
+  prediction = torch.Tensor(cv2.resize(prediction_crop, (w, h), interpolation=cv2.INTER_LINEAR))
+  prediction /= 1  # len(scales)
+  return np.uint8(torch.argmax(prediction, axis=2).numpy())
+
+
+def resized_size(height: int, width: int, crop: int) -> tuple[int, int]:
+  """The batched loader's ResizeShort(determine_max_possible_base_size): truncating."""
+  size = math.floor(min(height, width) * crop / max(height, width))
+  if height <= width:
+    return size, int(width * (size / float(height)))
+  return int(height * (size / float(width))), size
+
+
+def single_crop_labels(model: nn.Module, frames: np.ndarray, crop: int) -> np.ndarray:
+  """BatchedInferenceTask on uint8 RGB frames (N, H, W, 3) after its loader -> (N, H, W) uint8."""
+  n, height, width = frames.shape[:3]
+  h, w = resized_size(height, width, crop)
+  batch = []
+  for frame in frames:  # the loader: ResizeShort, ToTensor, Normalize
+    image = cv2.resize(np.float32(frame), (w, h), interpolation=cv2.INTER_LINEAR)
+    t = torch.from_numpy(image.transpose((2, 0, 1)))
+    for c, m, s in zip(t, MEAN, STD, strict=True):
+      c.sub_(m).div_(s)
+    batch.append(t)
+  batch = torch.stack(batch)
+  pad_h, pad_w = max(crop - h, 0), max(crop - w, 0)
+  top, left = pad_h // 2, pad_w // 2
+  padded = torch.zeros((n, 3, crop, crop))  # pad_to_crop_sz_batched
+  padded[:, :, top : top + h, left : left + w] = batch
+  x = torch.cat([padded, padded.flip(3)], 0)
+  output = torch.softmax(model(x), 1)
+  output = (output[:n] + output[n:].flip(3)) / 2  # flipped back, as mseg_jax.single_crop
+  output = output[:, :, top : top + h, left : left + w]
+  output = F.interpolate(output, size=(height, width), mode="bilinear", align_corners=True)
+  return np.uint8(torch.argmax(output, axis=1).numpy())
+
+
+def median_seconds(repeats: int, fn, *args) -> float:
+  """Median wall time of `repeats` calls fn(*args) after one warm-up call."""
+  fn(*args)
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn(*args)
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--sizes", type=int, nargs="+", default=[473, 713])
@@ -142,12 +265,59 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--train", action="store_true", help="time the training step")
   parser.add_argument("--batch", type=int, default=2, help="training batch (--train)")
+  parser.add_argument("--frame", action="store_true", help="time InferenceTask on one frame")
+  parser.add_argument("--base-sizes", type=int, nargs="+", default=[360, 720], help="--frame")
+  parser.add_argument(
+    "--single-crop", type=int, metavar="N", help="time BatchedInferenceTask, N frames per call"
+  )
+  parser.add_argument("--crop", type=int, help="--frame: 713, --single-crop: 473")
+  parser.add_argument(
+    "--height", type=int, default=1080, help="frame height (--frame, --single-crop)"
+  )
+  parser.add_argument(
+    "--width", type=int, default=1920, help="frame width (--frame, --single-crop)"
+  )
   args = parser.parse_args()
   torch.set_num_threads(args.threads)
   model = HRNet().eval()
   params = sum(p.numel() for p in model.parameters())
   if params != RELEASED_PARAMS:
     raise SystemExit(f"{params} parameters, the released model has {RELEASED_PARAMS}")
+  rng = np.random.default_rng(0)
+  if args.frame:
+    crop = args.crop or 713
+    frame = rng.integers(0, 256, (args.height, args.width, 3), dtype=np.uint8)
+    print(
+      f"torch {torch.__version__}, {args.threads} threads, HRNet-W48, fp32, InferenceTask "
+      f"single scale, crop {crop}, one window + flip per call, frame {args.width}x{args.height}"
+    )
+    for base_size in args.base_sizes:
+      h, w = scaled_size(args.height, args.width, base_size)
+      windows = len(window_starts(max(h, crop), crop)) * len(window_starts(max(w, crop), crop))
+      with torch.no_grad():
+        seconds = median_seconds(args.repeats, frame_labels, model, frame, base_size, crop)
+      print(
+        f"base {base_size} ({w}x{h}): {windows} windows/frame, median {seconds:.2f} s/frame, "
+        f"peak RSS {peak_rss_gib():.2f} GiB",
+        flush=True,
+      )
+    return
+  if args.single_crop:
+    crop, n = args.crop or 473, args.single_crop
+    frames = rng.integers(0, 256, (n, args.height, args.width, 3), dtype=np.uint8)
+    h, w = resized_size(args.height, args.width, crop)
+    print(
+      f"torch {torch.__version__}, {args.threads} threads, HRNet-W48, fp32, "
+      f"BatchedInferenceTask, crop {crop}, {n} frames (+flips) per call, "
+      f"frame {args.width}x{args.height} resized to {w}x{h}"
+    )
+    with torch.no_grad():
+      seconds = median_seconds(args.repeats, single_crop_labels, model, frames, crop)
+    print(
+      f"median {seconds:.2f} s per call, {n / seconds:.3f} frames/s, "
+      f"peak RSS {peak_rss_gib():.2f} GiB"
+    )
+    return
   if args.train:
     print(
       f"torch {torch.__version__}, {args.threads} threads, HRNet-W48 ({params:,} params), "
@@ -157,7 +327,7 @@ def main() -> None:
       times = time_train_step(model, size, args.batch, args.repeats)
       print(
         f"{size}x{size}: median {statistics.median(times):.3f} s, min {min(times):.3f} s, "
-        f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
+        f"peak RSS {peak_rss_gib():.2f} GiB"
       )
     return
   print(
