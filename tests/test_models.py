@@ -2,6 +2,7 @@
 
 import collections
 import csv
+import functools
 import re
 
 import cv2
@@ -12,7 +13,7 @@ import pytest
 from conftest import shared_path
 
 from mseg_jax import models
-from mseg_jax.models.hrnet import materialize
+from mseg_jax.models.hrnet import conv_after_gradient, materialize
 
 SIZES = ("65x65", "73x105")
 # XLA's backend optimizations change no math but triple W48 compile time on 2 cores; the
@@ -225,6 +226,57 @@ def test_batchnorm_train_step_follows_pytorch():
   np.testing.assert_allclose(
     y_eval, (np.asarray(x) - 0.3) / np.sqrt(1.7 + 1e-5) * 2 + 0.5, rtol=1e-5, atol=1e-5
   )
+
+
+@pytest.mark.parametrize("stride, dilation, kernel", [(1, 1, 3), (2, 1, 3), (1, 2, 3), (1, 1, 1)])
+def test_conv_after_gradient_has_the_values_and_gradients_of_the_plain_conv(
+  stride, dilation, kernel
+):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 9, 11, 4)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(kernel, kernel, 4, 5)), jnp.float32)
+  g = jnp.asarray(rng.normal(size=(2, 9, 11, 5)), jnp.float32)
+  pad = dilation * (kernel // 2)
+
+  def conv(fn, x, w):
+    dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+    y = fn(x, w, (stride, stride), [(pad, pad)] * 2, None, (dilation, dilation), dn)
+    return jnp.sum(y * g[:, : y.shape[1], : y.shape[2]])
+
+  plain = functools.partial(conv, jax.lax.conv_general_dilated)
+  late = functools.partial(conv, conv_after_gradient)
+  np.testing.assert_allclose(late(x, w), plain(x, w), rtol=1e-6)
+  for a, b in zip(jax.grad(late, (0, 1))(x, w), jax.grad(plain, (0, 1))(x, w), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mask", [None, (1, 0, 1)])
+def test_batchnorm_hand_written_gradient_equals_autodiff_of_the_formula(mask):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(1.5, 2.0, (3, 4, 5, 6)), jnp.float32)
+  dy = jnp.asarray(rng.normal(0, 1, x.shape), jnp.float32)
+  params = {"scale": jnp.asarray(rng.uniform(0.5, 2, 6)), "bias": jnp.asarray(rng.normal(0, 1, 6))}
+  stats = {"mean": jnp.zeros(6), "var": jnp.ones(6)}
+  rows = jnp.ones(3) if mask is None else jnp.asarray(mask, jnp.float32)
+  mask = None if mask is None else jnp.asarray(mask, bool)
+
+  def ours(x, params):
+    y, _ = models.BatchNorm().apply(
+      {"params": params, "batch_stats": stats}, x, True, mask, mutable=["batch_stats"]
+    )
+    return jnp.sum(y * dy)
+
+  def formula(x, params):
+    w = rows[:, None, None, None]
+    n = jnp.sum(rows) * 4 * 5
+    mean = jnp.sum(x * w, axis=(0, 1, 2)) / n
+    var = jnp.sum(jnp.square(x - mean) * w, axis=(0, 1, 2)) / n
+    y = (x - mean) / jnp.sqrt(var + 1e-5) * params["scale"] + params["bias"]
+    return jnp.sum(y * dy)
+
+  got, want = jax.grad(ours, (0, 1))(x, params), jax.grad(formula, (0, 1))(x, params)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from mseg_jax.models.hrnet import BatchNorm, _torch_bias_init, materialize
+from mseg_jax.models.hrnet import BatchNorm, _torch_bias_init, backend_conv, materialize
 from mseg_jax.models.resize import resize_bilinear
 
 # layers -> Bottleneck blocks in layer1..layer4 (torchvision / official resnet.py)
@@ -115,6 +115,7 @@ class PSPNet(nn.Module):
       param_dtype=jnp.float32,
       kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
       bias_init=_torch_bias_init(x.shape[-1] * kernel * kernel),
+      conv_general_dilated=backend_conv(),
       name=name,
     )(x)
 
