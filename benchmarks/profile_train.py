@@ -6,7 +6,10 @@ Compiles `train.train_step` for HRNet-W48 as train.py does (`--default-options`:
 options, with YNN fusions), runs one warm-up step, profiles one step (`jax.profiler`, perfetto
 trace) and prints the thunk time per kind: convolutions split into forward / input-gradient /
 weight-gradient and by runtime (YNN fusion or XLA), transposes, reductions, other fusions;
-and XLA's temp buffer size. Shares hold under load; wall times do not.
+and XLA's temp buffer size. Shares hold under load; wall times do not. With train.py's options
+(YNN off) the Eigen convolutions run asynchronously and their events hold only the dispatch, so
+the convolution rows are meaningful with --default-options only; time a convolution kind alone
+instead (BENCHMARKS.md, issue 17).
 """
 
 import argparse
