@@ -251,7 +251,7 @@ def test_conv_after_gradient_has_the_values_and_gradients_of_the_plain_conv(
 
 
 @pytest.mark.parametrize("mask", [None, (1, 0, 1)])
-def test_batchnorm_gradient_is_the_formulas_with_and_without_a_mask(mask):
+def test_batchnorm_hand_written_gradient_equals_autodiff_of_the_formula(mask):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(1.5, 2.0, (3, 4, 5, 6)), jnp.float32)
   dy = jnp.asarray(rng.normal(0, 1, x.shape), jnp.float32)

@@ -87,14 +87,65 @@ def preset(name: str, num_classes: int = 194) -> HRNetConfig:
   raise ValueError(f"unknown HRNet preset {name!r}; use hrnet_w48, hrnet_w32, hrnet_w18 or small")
 
 
+def _channel_sum(x: jnp.ndarray, rows: jnp.ndarray | None = None) -> jnp.ndarray:
+  """Per-channel sum of (N, H, W, C) fp32 `x`, each image weighted by `rows` (N,) if given.
+
+  On CPU as a matrix-vector product (XLA:CPU runs a large reduction over the major axes as a
+  slow tree of reduce-windows: 3-6x slower, BENCHMARKS.md issue 17); elsewhere a reduction.
+  """
+  c = x.shape[-1]
+  if jax.default_backend() != "cpu":
+    return jnp.sum(x if rows is None else x * rows[:, None, None, None], axis=(0, 1, 2))
+  weights = (
+    jnp.ones(x.size // c, x.dtype) if rows is None else jnp.repeat(rows, x.size // (c * len(rows)))
+  )
+  return jnp.dot(weights, x.reshape(-1, c), precision=jax.lax.Precision.HIGHEST)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _batch_norm_train(x, scale, bias, rows, epsilon):
+  return _batch_norm_fwd(x, scale, bias, rows, epsilon)[0]
+
+
+def _batch_norm_fwd(x, scale, bias, rows, epsilon):
+  """Normalizes `x` (N, H, W, C) with the mean and biased variance of the images `rows` (N,)
+  weights, in fp32, returning (y in x's dtype, mean, var); keeps only `x` (in its own dtype)
+  and the statistics for the backward."""
+  x32 = x.astype(jnp.float32)
+  n = jnp.maximum(jnp.sum(rows) * (x.size // (x.shape[-1] * x.shape[0])), 1)
+  mean = _channel_sum(x32, rows) / n
+  centered = x32 - mean
+  var = _channel_sum(centered * centered, rows) / n
+  inv = jax.lax.rsqrt(var + epsilon)
+  y = centered * (inv * scale) + bias
+  return (y.astype(x.dtype), mean, var), (x, rows, n, mean, inv, scale)
+
+
+def _batch_norm_bwd(epsilon, res, cotangents):
+  """The gradient of y through the batch statistics (mean and var are outputs for the running
+  averages only: their cotangents are ignored)."""
+  x, rows, n, mean, inv, scale = res
+  dy = cotangents[0].astype(jnp.float32)
+  xhat = (x.astype(jnp.float32) - mean) * inv
+  dbias = _channel_sum(dy)
+  dscale = _channel_sum(dy * xhat)
+  w = rows[:, None, None, None]
+  dx = (scale * inv) * (dy - w * (dbias + xhat * dscale) / n)
+  return dx.astype(x.dtype), dscale, dbias, jnp.zeros_like(rows)
+
+
+_batch_norm_train.defvjp(_batch_norm_fwd, _batch_norm_bwd)
+
+
 class BatchNorm(nn.Module):
   """BatchNorm over the last axis with PyTorch semantics.
 
   Train: normalizes with the biased variance of the whole batch it sees (no axis_name; under
   jit with a sharded batch XLA makes the statistics global) and updates the running variance
   with the unbiased one, n/(n-1), as torch. `momentum` is Flax-style (torch 0.01 = 0.99).
-  Statistics are computed in fp32 whatever the compute dtype. `mask` (N,) marks the rows
-  that count: the others (padding) are left out of the statistics, as if absent.
+  Statistics are computed in fp32 whatever the compute dtype, with a hand-written backward
+  (BENCHMARKS.md, issue 17). `mask` (N,) marks the rows that count: the others (padding) are
+  left out of the statistics, as if absent.
   """
 
   momentum: float = 0.99
@@ -112,23 +163,13 @@ class BatchNorm(nn.Module):
       mul = scale * jax.lax.rsqrt(running_var.value + self.epsilon)
       shift = bias - running_mean.value * mul
       return x * mul.astype(self.dtype) + shift.astype(self.dtype)
-    x32 = x.astype(jnp.float32)
-    if mask is None:
-      n = x.size // c
-      mean = jnp.mean(x32, axis=(0, 1, 2))
-      var = jnp.mean(jnp.square(x32 - mean), axis=(0, 1, 2))
-      unbiased = n / max(n - 1, 1)
-    else:
-      w = mask.astype(jnp.float32)[:, None, None, None]
-      n = jnp.sum(mask.astype(jnp.float32)) * (x.size // (c * x.shape[0]))
-      mean = jnp.sum(x32 * w, axis=(0, 1, 2)) / jnp.maximum(n, 1)
-      var = jnp.sum(jnp.square(x32 - mean) * w, axis=(0, 1, 2)) / jnp.maximum(n, 1)
-      unbiased = n / jnp.maximum(n - 1, 1)
+    rows = jnp.ones(x.shape[0], jnp.float32) if mask is None else mask.astype(jnp.float32)
+    y, mean, var = _batch_norm_train(x, scale, bias, rows, self.epsilon)
     if not self.is_initializing():
+      n = jnp.sum(rows) * (x.size // (c * x.shape[0]))
       m = self.momentum
       running_mean.value = m * running_mean.value + (1 - m) * mean
-      running_var.value = m * running_var.value + (1 - m) * var * unbiased
-    y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+      running_var.value = m * running_var.value + (1 - m) * var * n / jnp.maximum(n - 1, 1)
     return y.astype(self.dtype)
 
 
