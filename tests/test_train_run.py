@@ -163,17 +163,21 @@ def _majority_miou(data_root: Path, dataset: str, num_classes: int) -> float:
 
 def test_demo_learns_and_beats_the_majority_class_zero_shot(tmp_path, env):
   """configs/demo.py, shortened: makes its data, trains, evaluates zero-shot on camvid-11; with
-  validation every 30 steps and the training pixel accuracy per dataset in metrics.jsonl."""
+  validation every 50 steps and the training pixel accuracy per dataset in metrics.jsonl.
+
+  100 steps, not fewer: at 60 the zero-shot mIoU of this tiny model hangs on float rounding
+  (0.02-0.27 over seeds and equivalent BatchNorm formulations); at 100 it was 0.10-0.27.
+  """
   workdir, data_root = tmp_path / "demo", tmp_path / "data"  # missing: the demo writes it
   validation = [
-    "--config.validation.every_steps=30",
+    "--config.validation.every_steps=50",
     "--config.validation.datasets=('camvid-11',)",
     "--config.validation.limit=2",
     "--config.validation.base_size=64",
     "--config.validation.crop=65",
     "--config.validation.batch_size=2",
   ]
-  proc = _run(_command(workdir, data_root, "--config.total_steps=60", *validation), env)
+  proc = _run(_command(workdir, data_root, "--config.total_steps=100", *validation), env)
   assert catalog.list_path(data_root, "camvid-11", "val").exists()
   logged = _metrics(workdir)
   train_lines = [m for m in logged if "loss" in m]
@@ -183,7 +187,7 @@ def test_demo_learns_and_beats_the_majority_class_zero_shot(tmp_path, env):
   assert accuracy.shape[1] == 3 and ((0 <= accuracy) & (accuracy <= 1)).all()
   assert (accuracy[-1] > accuracy[0]).all(), accuracy  # each dataset's accuracy improved
   val_lines = [m for m in logged if "val_miou" in m]
-  assert [m["step"] for m in val_lines] == [30, 60]
+  assert [m["step"] for m in val_lines] == [50, 100]
   assert all(0 <= m["val_miou"]["camvid-11"] <= 1 for m in val_lines)
   result = json.loads((workdir / "eval" / "camvid-11" / "128" / "ss" / "results.json").read_text())
   assert "| demo | zero_shot |" in proc.stdout  # the printed result table
