@@ -257,7 +257,58 @@ def _late_conv_fwd(params, lhs, rhs):
 def _late_conv_bwd(params, res, g):
   one = _opaque_one(g.reshape(-1)[0])
   lhs, rhs = (r / one.astype(r.dtype) for r in res)
-  return jax.vjp(functools.partial(_conv, params), lhs, rhs)[1](g)
+  if not _is_same_nhwc(params, rhs.shape):
+    return jax.vjp(functools.partial(_conv, params), lhs, rhs)[1](g)
+  (dlhs,) = jax.vjp(lambda x: _conv(params, x, rhs), lhs)[1](g)
+  return dlhs, _same_kernel_gradient(lhs, g, rhs.shape, params[-1]).astype(rhs.dtype)
+
+
+def _is_same_nhwc(params, kernel_shape) -> bool:
+  """Whether `params` describe flax's NHWC/HWIO convolution, stride 1, undilated, ungrouped, with
+  an odd square kernel and "same" padding."""
+  strides, padding, lhs_dilation, rhs_dilation, numbers, groups, _ = params
+  k = kernel_shape[0]
+  return (
+    numbers == jax.lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), ("NHWC", "HWIO", "NHWC"))
+    and groups == 1
+    and set(strides) <= {1}
+    and set(lhs_dilation or (1,)) == set(rhs_dilation or (1,)) == {1}
+    and k % 2 == 1
+    and k > 1
+    and kernel_shape[1] == k
+    and padding == ((k // 2, k // 2), (k // 2, k // 2))
+  )
+
+
+def _same_kernel_gradient(x, g, kernel_shape, precision) -> jnp.ndarray:
+  """The kernel gradient (k, k, C, D) of a stride-1 "same" convolution of `x` (N, H, W, C) whose
+  output gradient is `g` (N, H, W, D), in fp32: one matrix product per tap on flattened rows.
+
+  With x zero-padded by k//2 and g zero-padded on the right and bottom to the same (H + k - 1,
+  W + k - 1) grid, tap (i, j) pairs g's flat row q with x's flat row q + i * (W + k - 1) + j, a
+  contiguous slice. XLA:CPU's own weight-gradient convolution is 1.5-3x slower than this at
+  HRNet's 3x3 shapes (BENCHMARKS.md, issue 17).
+  """
+  k, _, c, d = kernel_shape
+  p = k // 2
+  width = x.shape[2] + 2 * p
+  rows = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))).reshape(-1, c)
+  grads = jnp.pad(g, ((0, 0), (0, 2 * p), (0, 2 * p), (0, 0))).reshape(-1, d)
+  m = len(rows) - (2 * p * width + 2 * p)  # g's later rows are all padding
+  grads_t = grads[:m].T
+
+  offsets = jnp.array([i * width + j for i in range(k) for j in range(k)])
+
+  def tap(t, taps):
+    window = jax.lax.dynamic_slice_in_dim(rows, offsets[t], m)
+    product = jnp.dot(grads_t, window, precision=precision, preferred_element_type=jnp.float32)
+    return taps.at[t].set(product)
+
+  # The loop's buffer is zeros times a 1 from g: a constant one would be made in the forward
+  # and held until the backward.
+  empty = jnp.zeros((k * k, d, c), jnp.float32) * _opaque_one(grads_t[0, 0]).astype(jnp.float32)
+  taps = jax.lax.fori_loop(0, k * k, tap, empty)  # (k * k, D, C)
+  return jnp.swapaxes(taps, 1, 2).reshape(kernel_shape)
 
 
 _late_conv.defvjp(_late_conv_fwd, _late_conv_bwd)
