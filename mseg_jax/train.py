@@ -398,29 +398,36 @@ def multi_dataset_loss(
   return _dataset_means(pixel_loss.sum(axis=(1, 2)), labels, dataset, num_datasets, counts)
 
 
-def multi_dataset_loss_quarter(
+def dataset_loss_and_accuracy_quarter(
   quarter: jax.Array,
   labels: jax.Array,
   dataset: jax.Array,
   num_datasets: int,
   counts: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """`multi_dataset_loss` of HRNet's quarter-resolution logits upsampled to the labels' size
-  (align_corners=True, as the model's head), without the full-size logits in memory."""
+  """`multi_dataset_loss` and `dataset_pixel_accuracy` of HRNet's quarter-resolution logits
+  upsampled to the labels' size (align_corners=True, as the model's head), in one banded pass
+  without the full-size logits in memory: (loss, per-dataset loss, per-dataset accuracy)."""
   valid = labels != taxonomy.IGNORE
   target = jnp.where(valid, labels, 0).astype(jnp.int32)
-  sums = upsampled_loss.pixel_loss_sums(quarter.astype(jnp.float32), target, valid)
-  return _dataset_means(sums, labels, dataset, num_datasets, counts)
+  sums, correct = upsampled_loss.pixel_sums(quarter.astype(jnp.float32), target, valid)
+  loss, per_dataset, counts = _dataset_means(sums, labels, dataset, num_datasets, counts)
+  return loss, per_dataset, _per_dataset(correct, labels, dataset, num_datasets, counts)[0]
+
+
+def _per_dataset(image_sums, labels, dataset, num_datasets, counts):
+  """(per-dataset sums of `image_sums` over valid pixel counts, 0 where none; the counts), the
+  counts this batch's unless given."""
+  if counts is None:
+    counts = dataset_counts(labels, dataset, num_datasets)
+  sums = jax.ops.segment_sum(image_sums, dataset, num_datasets)
+  return jnp.where(counts > 0, sums / jnp.maximum(counts, 1.0), 0.0), counts
 
 
 def _dataset_means(image_sums, labels, dataset, num_datasets, counts):
   """(loss, per-dataset loss, per-dataset valid count) from per-image loss sums."""
-  sums = jax.ops.segment_sum(image_sums, dataset, num_datasets)
-  if counts is None:
-    counts = dataset_counts(labels, dataset, num_datasets)
-  present = counts > 0
-  per_dataset = jnp.where(present, sums / jnp.maximum(counts, 1.0), 0.0)
-  loss = per_dataset.sum() / jnp.maximum(present.sum(), 1)
+  per_dataset, counts = _per_dataset(image_sums, labels, dataset, num_datasets, counts)
+  loss = per_dataset.sum() / jnp.maximum((counts > 0).sum(), 1)
   return loss, per_dataset, counts
 
 
@@ -449,32 +456,8 @@ def dataset_pixel_accuracy(
   accuracy, one GPU per dataset); 0 for a dataset without valid pixels. `counts` as in
   `multi_dataset_loss` (a micro-batch's accuracies then add up to the step's)."""
   correct = (labels != taxonomy.IGNORE) & (jnp.argmax(logits, axis=-1) == labels)
-  return _dataset_accuracy(
-    correct.sum(axis=(1, 2), dtype=jnp.float32), labels, dataset, num_datasets, counts
-  )
-
-
-def dataset_pixel_accuracy_quarter(
-  quarter: jax.Array,
-  labels: jax.Array,
-  dataset: jax.Array,
-  num_datasets: int,
-  counts: jax.Array | None = None,
-) -> jax.Array:
-  """`dataset_pixel_accuracy` of HRNet's quarter-resolution logits upsampled to the labels'
-  size, without the full-size logits in memory."""
-  valid = labels != taxonomy.IGNORE
-  target = jnp.where(valid, labels, 0).astype(jnp.int32)
-  correct = upsampled_loss.pixel_correct_sums(quarter.astype(jnp.float32), target, valid)
-  return _dataset_accuracy(correct, labels, dataset, num_datasets, counts)
-
-
-def _dataset_accuracy(image_correct, labels, dataset, num_datasets, counts):
-  """(num_datasets,) correct / valid pixels from per-image correct counts."""
-  sums = jax.ops.segment_sum(image_correct, dataset, num_datasets)
-  if counts is None:
-    counts = dataset_counts(labels, dataset, num_datasets)
-  return sums / jnp.maximum(counts, 1.0)
+  image_correct = correct.sum(axis=(1, 2), dtype=jnp.float32)
+  return _per_dataset(image_correct, labels, dataset, num_datasets, counts)[0]
 
 
 def forward_loss(
@@ -504,8 +487,9 @@ def forward_loss(
     quarter, updates = model.apply(
       variables, images, train=True, return_quarter=True, mutable=["batch_stats"], **masked
     )
-    loss, per_dataset, _ = multi_dataset_loss_quarter(quarter, labels, batch["dataset"], n, counts)
-    accuracy = dataset_pixel_accuracy_quarter(quarter, labels, batch["dataset"], n, counts)
+    loss, per_dataset, accuracy = dataset_loss_and_accuracy_quarter(
+      quarter, labels, batch["dataset"], n, counts
+    )
     return loss, (
       updates["batch_stats"],
       {"dataset_loss": per_dataset, "dataset_pixel_acc": accuracy},

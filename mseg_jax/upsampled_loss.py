@@ -4,7 +4,7 @@ The official loss upsamples the (N, h, w, C) quarter-resolution logits to the cr
 cross entropy there. Written directly, the full-size logits, their softmax, its gradient and
 the upsample's scatter-add backward are several (N, H, W, C) fp32 buffers (0.69 GB each for
 2 x 473^2 x 194 classes; 2 GB for 5 x 713^2) kept or built for the backward pass.
-`pixel_loss_sums` computes the same sums and gradient band by band: the forward keeps only
+`pixel_sums` computes the same sums and gradient band by band: the forward keeps only
 the quarter logits, the backward recomputes each band's logits and maps its gradient back to
 quarter resolution with the transposed interpolation taps (a gather, no scatter).
 """
@@ -67,37 +67,26 @@ def _sums(quarter, target, valid):
   n, height, width = target.shape
   y0, y1, wy, _ = _bands(height, quarter.shape[1])
 
-  def band(total, xs):
+  def band(totals, xs):
     y0, y1, wy, t, v = xs
     logits = _band_logits(quarter, y0, y1, wy, width)
     picked = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]
     loss = jnp.where(v, jax.nn.logsumexp(logits, axis=-1) - picked, 0.0)
-    return total + loss.sum(axis=(1, 2)), None
+    hits = v & (jnp.argmax(logits, axis=-1) == t)
+    return (totals[0] + loss.sum(axis=(1, 2)), totals[1] + hits.sum((1, 2), jnp.float32)), None
 
   xs = (jnp.asarray(y0), jnp.asarray(y1), jnp.asarray(wy), _split(target, 0), _split(valid, False))
-  return jax.lax.scan(band, jnp.zeros((n,), jnp.float32), xs)[0]
-
-
-def pixel_correct_sums(quarter: jax.Array, target: jax.Array, valid: jax.Array) -> jax.Array:
-  """Per image, the `valid` pixels where the argmax of the upsampled logits is `target`, band by
-  band as `pixel_loss_sums` (no gradient): (N,) float32."""
-  quarter = jax.lax.stop_gradient(quarter)
-  n, height, width = target.shape
-  y0, y1, wy, _ = _bands(height, quarter.shape[1])
-
-  def band(total, xs):
-    y0, y1, wy, t, v = xs
-    hits = v & (jnp.argmax(_band_logits(quarter, y0, y1, wy, width), axis=-1) == t)
-    return total + hits.sum(axis=(1, 2), dtype=jnp.float32), None
-
-  xs = (jnp.asarray(y0), jnp.asarray(y1), jnp.asarray(wy), _split(target, 0), _split(valid, False))
-  return jax.lax.scan(band, jnp.zeros((n,), jnp.float32), xs)[0]
+  zeros = jnp.zeros((n,), jnp.float32)
+  return jax.lax.scan(band, (zeros, zeros), xs)[0]
 
 
 @jax.custom_vjp
-def pixel_loss_sums(quarter: jax.Array, target: jax.Array, valid: jax.Array) -> jax.Array:
+def pixel_sums(
+  quarter: jax.Array, target: jax.Array, valid: jax.Array
+) -> tuple[jax.Array, jax.Array]:
   """Per image, the summed cross entropy over `valid` pixels of the logits upsampled to the
-  label size (bilinear, align_corners=True), without the full-size logits in memory.
+  label size (bilinear, align_corners=True), without the full-size logits in memory; and the
+  `valid` pixels where their argmax is `target` (no gradient), from the same pass.
 
   Args:
     quarter: (N, h, w, C) float32 logits.
@@ -105,7 +94,7 @@ def pixel_loss_sums(quarter: jax.Array, target: jax.Array, valid: jax.Array) -> 
     valid: (N, H, W) bool.
 
   Returns:
-    (N,) float32.
+    (loss sums, correct pixels), (N,) float32 each.
   """
   return _sums(quarter, target, valid)
 
@@ -114,8 +103,9 @@ def _fwd(quarter, target, valid):
   return _sums(quarter, target, valid), (quarter, target, valid)
 
 
-def _bwd(res, g):
+def _bwd(res, cotangents):
   quarter, target, valid = res
+  g = cotangents[0]  # the correct-pixel counts have no gradient
   n, height, width = target.shape
   _, in_h, in_w, c = quarter.shape
   y0, y1, wy, rows = _bands(height, in_h)
@@ -142,4 +132,4 @@ def _bwd(res, g):
   return grad, None, None
 
 
-pixel_loss_sums.defvjp(_fwd, _bwd)
+pixel_sums.defvjp(_fwd, _bwd)

@@ -22,7 +22,7 @@ def test_banded_loss_and_gradient_equal_the_full_size_loss(quarter_hw, out_hw):
     return train.multi_dataset_loss(logits, labels, dataset, 2)[0]
 
   def banded(q):
-    return train.multi_dataset_loss_quarter(q, labels, dataset, 2)[0]
+    return train.dataset_loss_and_accuracy_quarter(q, labels, dataset, 2)[0]
 
   (loss, grad), (expected, expected_grad) = (
     jax.jit(jax.value_and_grad(f))(quarter) for f in (banded, full)
@@ -52,6 +52,6 @@ def test_banded_pixel_accuracy_equals_the_accuracy_of_the_upsampled_logits(quart
   labels = jnp.where(jax.random.uniform(k3, labels.shape) < 0.2, 255, labels)
   dataset = jnp.array([0, 1, 0])
   expected = train.dataset_pixel_accuracy(logits, labels, dataset, 2)
-  banded = train.dataset_pixel_accuracy_quarter(quarter, labels, dataset, 2)
+  banded = train.dataset_loss_and_accuracy_quarter(quarter, labels, dataset, 2)[2]
   np.testing.assert_allclose(np.asarray(banded), np.asarray(expected), rtol=1e-6)
   assert 0.5 < float(expected[0]) < 0.9
