@@ -274,7 +274,6 @@ def _is_same_nhwc(params, kernel_shape) -> bool:
     and set(strides) <= {1}
     and set(lhs_dilation or (1,)) == set(rhs_dilation or (1,)) == {1}
     and k % 2 == 1
-    and k > 1
     and kernel_shape[1] == k
     and padding == ((k // 2, k // 2), (k // 2, k // 2))
   )
@@ -290,6 +289,10 @@ def _same_kernel_gradient(x, g, kernel_shape, precision) -> jnp.ndarray:
   HRNet's 3x3 shapes (BENCHMARKS.md, issue 17).
   """
   k, _, c, d = kernel_shape
+  if k == 1:
+    dims = (((0,), (0,)), ((), ()))
+    rows, grads = x.reshape(-1, c), g.reshape(-1, d)
+    return jax.lax.dot_general(rows, grads, dims, precision, jnp.float32).reshape(kernel_shape)
   p = k // 2
   width = x.shape[2] + 2 * p
   rows = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))).reshape(-1, c)
