@@ -72,7 +72,7 @@ def _sums(quarter, target, valid):
     logits = _band_logits(quarter, y0, y1, wy, width)
     picked = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]
     loss = jnp.where(v, jax.nn.logsumexp(logits, axis=-1) - picked, 0.0)
-    hits = v & (jnp.argmax(logits, axis=-1) == t)
+    hits = v & (picked >= jnp.max(logits, axis=-1))  # argmax == t but for exact ties
     return (totals[0] + loss.sum(axis=(1, 2)), totals[1] + hits.sum((1, 2), jnp.float32)), None
 
   xs = (jnp.asarray(y0), jnp.asarray(y1), jnp.asarray(wy), _split(target, 0), _split(valid, False))
@@ -86,7 +86,8 @@ def pixel_sums(
 ) -> tuple[jax.Array, jax.Array]:
   """Per image, the summed cross entropy over `valid` pixels of the logits upsampled to the
   label size (bilinear, align_corners=True), without the full-size logits in memory; and the
-  `valid` pixels where their argmax is `target` (no gradient), from the same pass.
+  `valid` pixels where their argmax is `target` (no gradient; a tie for the maximum counts as
+  correct), from the same pass.
 
   Args:
     quarter: (N, h, w, C) float32 logits.
