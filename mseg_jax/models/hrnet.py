@@ -230,7 +230,7 @@ def backend_conv():
   return conv_after_gradient if jax.default_backend() == "cpu" else None
 
 
-def _conv(params, lhs, rhs):
+def _plain_conv(params, lhs, rhs):
   strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, groups, precision = params
   return jax.lax.conv_general_dilated(
     lhs,
@@ -247,20 +247,25 @@ def _conv(params, lhs, rhs):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _late_conv(params, lhs, rhs):
-  return _conv(params, lhs, rhs)
+  return _plain_conv(params, lhs, rhs)
 
 
 def _late_conv_fwd(params, lhs, rhs):
-  return _conv(params, lhs, rhs), (lhs, rhs)
+  return _plain_conv(params, lhs, rhs), (lhs, rhs)
 
 
 def _late_conv_bwd(params, res, g):
   one = _opaque_one(g.reshape(-1)[0])
   lhs, rhs = (r / one.astype(r.dtype) for r in res)
   if not _is_same_nhwc(params, rhs.shape):
-    return jax.vjp(functools.partial(_conv, params), lhs, rhs)[1](g)
-  (dlhs,) = jax.vjp(lambda x: _conv(params, x, rhs), lhs)[1](g)
-  return dlhs, _same_kernel_gradient(lhs, g, rhs.shape, params[-1]).astype(rhs.dtype)
+    dlhs, drhs = jax.vjp(functools.partial(_plain_conv, params), lhs, rhs)[1](g)
+  else:
+    (dlhs,) = jax.vjp(lambda x: _plain_conv(params, x, rhs), lhs)[1](g)
+    drhs = _same_kernel_gradient(lhs, g, rhs.shape, params[-1]).astype(rhs.dtype)
+  # The kernel's gradient waits for the input's, whose convolution reads the kernel: then a
+  # donated step's in-place update of the kernel comes after every read of it, and XLA does
+  # not copy all the params at the start of the step to keep the old values.
+  return dlhs, drhs * _opaque_one(dlhs.reshape(-1)[0]).astype(drhs.dtype)
 
 
 def _is_same_nhwc(params, kernel_shape) -> bool:
