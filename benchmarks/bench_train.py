@@ -99,6 +99,7 @@ def time_step(args: argparse.Namespace, mesh: jax.sharding.Mesh, mgda_options) -
   start = time.perf_counter()
   compiled = step.lower(state, train.global_batch(host, data)).compile()
   compile_s = time.perf_counter() - start
+  train.release_freed_memory()  # as train.py does before its first step
   memory = compiled.memory_analysis()
 
   state, metrics = compiled(state, train.global_batch(host, data))  # warm-up

@@ -17,6 +17,7 @@ unpadded one. `max_device_batch` splits a step into micro-batches (BatchNorm sta
 micro-batch: not the official step). With several processes, process 0 writes every file.
 """
 
+import ctypes
 import dataclasses
 import functools
 import json
@@ -660,6 +661,18 @@ def train_step(
   return apply_gradients(state, grads, batch_stats, tx=tx), metrics
 
 
+def release_freed_memory() -> None:
+  """Returns freed heap to the OS (glibc's `malloc_trim`; nothing with another libc).
+
+  XLA's compiler leaves about 0.5 GiB of freed heap mapped in the process (W48), which would add
+  to the peak memory of the steps that follow (BENCHMARKS.md, issue 17).
+  """
+  try:
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+  except (OSError, AttributeError):
+    pass
+
+
 def init_state(
   model: models.HRNet,
   tx: optax.GradientTransformation,
@@ -1037,7 +1050,11 @@ def train(plan: Plan, workdir: str | Path) -> tuple[models.HRNet, dict] | None:
     with _Preemption(manager) as preemption:
       for step in range(start + 1, plan.total_steps + 1):
         host = pad_host_batch(next(data_iter), plan, jax.process_index())
-        state, metrics = step_fn(state, global_batch(host, data_sharding))
+        batch = global_batch(host, data_sharding)
+        if step == start + 1:  # compile, then return the compiler's freed heap before running
+          step_fn = step_fn.lower(state, batch).compile()
+          release_freed_memory()
+        state, metrics = step_fn(state, batch)
         log.add(step, metrics)
         bar.update()
         if step == start + 1:
