@@ -5,6 +5,7 @@ classes, round(255 p), uint8 (the probability of the predicted class). Mode "ful
 probabilities/<stem>.npz with `probabilities`, float16 (H, W, K) in the output taxonomy.
 """
 
+import argparse
 from pathlib import Path
 
 import cv2
@@ -13,6 +14,18 @@ import jax.numpy as jnp
 import numpy as np
 
 MODES = ("max", "full")
+
+
+def add_argument(parser: argparse.ArgumentParser) -> None:
+  """`--save-probabilities [full]` (demo and evaluate): None, "max" or "full"."""
+  parser.add_argument(
+    "--save-probabilities",
+    nargs="?",
+    const="max",
+    choices=MODES,
+    help="confidence/<stem>.png: the max probability x 255; 'full' adds "
+    "probabilities/<stem>.npz (float16 (H, W, K))",
+  )
 
 
 @jax.jit

@@ -236,14 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     "--classes",
     help="comma-separated classes of that taxonomy to keep; every other class becomes 'other'",
   )
-  parser.add_argument(
-    "--save-probabilities",
-    nargs="?",
-    const="max",
-    choices=confidence.MODES,
-    help="confidence/<stem>.png: the max probability x 255; 'full' adds "
-    "probabilities/<stem>.npz (float16 (H, W, K))",
-  )
+  confidence.add_argument(parser)
   parser.add_argument("--base-size", type=int, default=360)
   parser.add_argument("--scales", choices=("ss", "ms"), default="ms")
   parser.add_argument("--crop", type=int, default=713)

@@ -814,14 +814,7 @@ def main(argv: list[str] | None = None) -> None:
   )
   parser.add_argument("--save-predictions", action="store_true", help="gray/<stem>.png")
   parser.add_argument("--save-overlays", action="store_true", help="overlay/<stem>.jpg")
-  parser.add_argument(
-    "--save-probabilities",
-    nargs="?",
-    const="max",
-    choices=confidence.MODES,
-    help="confidence/<stem>.png: the max probability x 255; 'full' adds "
-    "probabilities/<stem>.npz (float16 (H, W, K))",
-  )
+  confidence.add_argument(parser)
   parser.add_argument(
     "--model-name",
     help="row label in the tables (default: the name the checkpoint records, e.g. the training "
