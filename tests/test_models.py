@@ -13,6 +13,7 @@ import pytest
 from conftest import shared_path
 
 from mseg_jax import models
+from mseg_jax.models import hrnet
 from mseg_jax.models.hrnet import conv_after_gradient, materialize
 
 SIZES = ("65x65", "73x105")
@@ -248,6 +249,31 @@ def test_conv_after_gradient_has_the_values_and_gradients_of_the_plain_conv(
   np.testing.assert_allclose(late(x, w), plain(x, w), rtol=1e-6)
   for a, b in zip(jax.grad(late, (0, 1))(x, w), jax.grad(plain, (0, 1))(x, w), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", [1, 3, 5])
+def test_same_kernel_gradient_is_the_convolutions_kernel_gradient(kernel):
+  """The flat-row matrix products that conv_after_gradient uses for stride-1 "same" convs."""
+  rng = np.random.default_rng(kernel)
+  x = jnp.asarray(rng.normal(size=(3, 7, 10, 4)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(kernel, kernel, 4, 6)), jnp.float32)
+  g = jnp.asarray(rng.normal(size=(3, 7, 10, 6)), jnp.float32)
+  pad = [(kernel // 2, kernel // 2)] * 2
+  numbers = ("NHWC", "HWIO", "NHWC")
+  params = (
+    (1, 1),
+    tuple(pad),
+    None,
+    None,
+    jax.lax.conv_dimension_numbers(x.shape, w.shape, numbers),
+    1,
+    None,
+  )
+  assert hrnet._is_same_nhwc(params, w.shape)
+  conv = functools.partial(jax.lax.conv_general_dilated, window_strides=(1, 1), padding=pad)
+  expected = jax.vjp(lambda k: conv(x, k, dimension_numbers=numbers), w)[1](g)[0]
+  got = hrnet._same_kernel_gradient(x, g, w.shape, None)
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("mask", [None, (1, 0, 1)])

@@ -210,7 +210,9 @@ def conv_after_gradient(
   input and kernel; with plain autodiff it makes those copies as soon as the forward has the
   input, so every activation is kept twice until the backward (BENCHMARKS.md, issue 17). Here
   the backward divides them by a 1 computed from the gradient first, which moves the copies
-  to the backward. Same values and gradients. HRNet and PSPNet use it on CPU (`backend_conv`).
+  to the backward. The kernel gradient of a stride-1 "same" convolution is computed as matrix
+  products (`_same_kernel_gradient`), faster than XLA:CPU's own. Same values and gradients.
+  HRNet and PSPNet use it on CPU (`backend_conv`).
   """
   params = (
     tuple(window_strides),
