@@ -290,34 +290,38 @@ def _same_kernel_gradient(x, g, kernel_shape, precision) -> jnp.ndarray:
   """The kernel gradient (k, k, C, D) of a stride-1 "same" convolution of `x` (N, H, W, C) whose
   output gradient is `g` (N, H, W, D), in fp32: one matrix product per tap on flattened rows.
 
-  With x zero-padded by k//2 and g zero-padded on the right and bottom to the same (H + k - 1,
-  W + k - 1) grid, tap (i, j) pairs g's flat row q with x's flat row q + i * (W + k - 1) + j, a
-  contiguous slice. XLA:CPU's own weight-gradient convolution is 1.5-3x slower than this at
-  HRNet's 3x3 shapes (BENCHMARKS.md, issue 17).
+  With each image of x zero-padded by k//2 and of g zero-padded on the right and bottom to the
+  same (H + k - 1, W + k - 1) grid, tap (i, j) pairs g's flat row q with x's flat row
+  q + i * (W + k - 1) + j, a contiguous slice. Images stay apart until the final sum, so a
+  batch sharded over devices needs one reduction, after the loop. XLA:CPU's own
+  weight-gradient convolution is 1.5-3x slower than this at HRNet's shapes (BENCHMARKS.md,
+  issue 17).
   """
   k, _, c, d = kernel_shape
+  n = x.shape[0]
   if k == 1:
-    dims = (((0,), (0,)), ((), ()))
-    rows, grads = x.reshape(-1, c), g.reshape(-1, d)
+    dims = (((0, 1), (0, 1)), ((), ()))
+    rows, grads = x.reshape(n, -1, c), g.reshape(n, -1, d)
     return jax.lax.dot_general(rows, grads, dims, precision, jnp.float32).reshape(kernel_shape)
   p = k // 2
   width = x.shape[2] + 2 * p
-  rows = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))).reshape(-1, c)
-  grads = jnp.pad(g, ((0, 0), (0, 2 * p), (0, 2 * p), (0, 0))).reshape(-1, d)
-  m = len(rows) - (2 * p * width + 2 * p)  # g's later rows are all padding
-  grads_t = grads[:m].T
-
+  rows = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))).reshape(n, -1, c)
+  grads = jnp.pad(g, ((0, 0), (0, 2 * p), (0, 2 * p), (0, 0))).reshape(n, -1, d)
+  m = rows.shape[1] - (2 * p * width + 2 * p)  # g's later rows are all padding
+  grads_t = jnp.swapaxes(grads[:, :m], 1, 2)  # (N, D, m)
   offsets = jnp.array([i * width + j for i in range(k) for j in range(k)])
+  dims = (((2,), (1,)), ((0,), (0,)))
 
   def tap(t, taps):
-    window = jax.lax.dynamic_slice_in_dim(rows, offsets[t], m)
-    product = jnp.dot(grads_t, window, precision=precision, preferred_element_type=jnp.float32)
-    return taps.at[t].set(product)
+    window = jax.lax.dynamic_slice_in_dim(rows, offsets[t], m, axis=1)
+    return taps.at[t].set(jax.lax.dot_general(grads_t, window, dims, precision, jnp.float32))
 
   # The loop's buffer is zeros times a 1 from g: a constant one would be made in the forward
   # and held until the backward.
-  empty = jnp.zeros((k * k, d, c), jnp.float32) * _opaque_one(grads_t[0, 0]).astype(jnp.float32)
-  taps = jax.lax.fori_loop(0, k * k, tap, empty)  # (k * k, D, C)
+  empty = jnp.zeros((k * k, n, d, c), jnp.float32) * _opaque_one(g.reshape(-1)[0]).astype(
+    jnp.float32
+  )
+  taps = jax.lax.fori_loop(0, k * k, tap, empty).sum(axis=1)  # (k * k, D, C)
   return jnp.swapaxes(taps, 1, 2).reshape(kernel_shape)
 
 
