@@ -123,12 +123,12 @@ def main() -> None:
   )
   crops = jnp.zeros((args.batch_size, args.crop, args.crop, 3), jnp.float32)
   t0 = time.perf_counter()
-  jax.block_until_ready(predictor.net(predictor.variables, crops, None))
+  jax.block_until_ready(predictor.logits(predictor.variables, crops))
   compile_s = time.perf_counter() - t0
   times = []
   for _ in range(3):
     t0 = time.perf_counter()
-    jax.block_until_ready(predictor.net(predictor.variables, crops, None))
+    jax.block_until_ready(predictor.logits(predictor.variables, crops))
     times.append(time.perf_counter() - t0)
   per_call = min(times)
   print(

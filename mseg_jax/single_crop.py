@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mseg_jax import inference, models, taxonomy
+from mseg_jax import inference, models
 from mseg_jax.input_pipeline import transforms
 from mseg_jax.models.resize import bilinear_taps, resize_bilinear
 from mseg_jax.normalization import normalize
@@ -49,7 +49,7 @@ def resize_argmax(
   Same values as resizing the whole map and taking its argmax (ties to the first class), with
   (N, band, W, K) instead of (N, H, W, K) in memory. Only `predictable` classes are picked.
   """
-  n, h, w, k = probs.shape
+  n, h, w, _ = probs.shape
   out_h, out_w = out_hw
   y0, y1, wy = bilinear_taps(out_h, h, align_corners)
   bands = -(-out_h // band)
@@ -62,9 +62,7 @@ def resize_argmax(
     bw = bw[None, :, None, None]
     rows = probs[:, b0] * (1 - bw) + probs[:, b1] * bw
     rows = resize_bilinear(rows, (band, out_w), align_corners)
-    if predictable is not None:
-      rows = jnp.where(predictable, rows, -1.0)
-    return jnp.argmax(rows, axis=-1).astype(taxonomy.label_dtype(k))
+    return inference.predicted_labels(rows, predictable)
 
   taps = (y0.reshape(bands, band), y1.reshape(bands, band), wy.reshape(bands, band))
   labels = jax.lax.map(one_band, jax.tree.map(jnp.asarray, taps))  # (bands, n, band, W)

@@ -238,7 +238,7 @@ def test_net_process_equals_golden_flip_averaged_probabilities(golden_small):
   expected = np.load(shared_path("golden", "hrnet_small_netprocess_probs_65x65.npy"))
   x = (image.astype(np.float32) - MEAN) / STD
   with jax.default_matmul_precision("highest"):  # no TF32 on GPU
-    probs = inference.compiled_net(model)(variables, jnp.asarray(x)[None], None)
+    probs = jax.jit(inference.model_net_process(model))(variables, jnp.asarray(x)[None], None)
     # The whole procedure on a 65x65 image with a 65 crop is that single crop.
     predictor = inference.Predictor(model, variables, base_size=65, crop=65)
     full, labels = predictor.probs(image)
@@ -269,3 +269,21 @@ def test_labels_past_255_are_uint16_and_unpredictable_classes_never_win():
   projection[:280, 2] = 1  # test classes 0 and 1 have no source; class 2 gets 0 (underflow)
   labels = predict(projection=projection)
   assert labels.dtype == np.uint8 and (labels == 2).all()
+
+
+@pytest.mark.parametrize("num_classes", [5, 194, 300])
+def test_predicted_labels_equal_argmax_with_ties_to_the_first_class(num_classes):
+  """Random probabilities with many exact ties, some zero rows and values near 1e-30: the label
+  is jnp.argmax of the probabilities, with unpredictable classes scoring -1."""
+  rng = np.random.default_rng(num_classes)
+  probs = rng.integers(0, 4, (6, 50, num_classes)).astype(np.float32) / 3  # ties everywhere
+  probs[0] = rng.random((50, num_classes), np.float32)
+  probs[1] = 0
+  probs[2] = rng.random((50, num_classes), np.float32) * 1e-30
+  probs[3, :, 1] = np.nextafter(probs[3, :, 0], 0)  # one ulp below class 0
+  predictable = rng.random(num_classes) < 0.6
+  for keep in (None, predictable):
+    scores = probs if keep is None else np.where(keep, probs, -1.0)
+    got = np.asarray(jax.jit(inference.predicted_labels)(jnp.asarray(probs), keep))
+    assert got.dtype == (np.uint8 if num_classes <= 256 else np.uint16)
+    np.testing.assert_array_equal(got, scores.argmax(-1))

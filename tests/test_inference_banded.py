@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import random_variables, tiny_hrnet_config
-from test_inference import _image, _model
+from test_inference import _image, _model, official_probs
 
 from mseg_jax import inference, models
 
@@ -57,3 +57,30 @@ def test_single_scale_labels_equal_the_argmax_of_the_probabilities(h, w, base, c
   labels = predictor(image)
   assert labels.dtype == expected.dtype and labels.shape == (h, w)
   np.testing.assert_array_equal(np.asarray(labels), np.asarray(expected))
+
+
+@pytest.mark.parametrize(
+  "h,w,base,batch,project",
+  [
+    (30, 45, 30, 1, False),  # padded both ways: only the image part of the crop is computed
+    (60, 41, 60, 2, True),  # padded across, 2 windows down; projected
+    (50, 75, 50, 2, False),  # 2 x 3 windows, a padded tail batch
+  ],
+)
+def test_hrnet_predictor_equals_official_procedure(tiny_hrnet, h, w, base, batch, project):
+  """The quarter-size logits, upsampled per band inside the window sum, give the official
+  procedure's probabilities (its model upsamples the logits to the crop first)."""
+  model, variables = tiny_hrnet
+  projection = None
+  if project:
+    projection = np.zeros((7, 3), np.float32)
+    projection[[0, 1], 0] = projection[[2, 5], 1] = projection[[3, 4], 2] = 1  # 6 unmapped
+  image = _image(h, w, seed=7)
+  predictor = inference.Predictor(
+    model, variables, base_size=base, crop=41, batch_size=batch, projection=projection
+  )
+  probs, labels = predictor.probs(image)
+  folded = models.fold_batch_norm(model, variables)
+  expected = official_probs(*folded, image, base, (1.0,), 41, projection)
+  np.testing.assert_allclose(np.asarray(probs), expected, atol=2e-5)
+  np.testing.assert_array_equal(np.asarray(predictor(image)), np.asarray(labels))
