@@ -11,8 +11,10 @@ the argmax (ties to the first class) is the label map: uint8, or uint16 past 256
 official code casts to uint8).
 
 Compiled pieces, keyed by shape: the network per (batch, crop) — one for a whole dataset —
-and small window / accumulate / resize functions per image size. Crops never leave the device;
-the host gets one array per image back.
+and small window / accumulate / resize functions per image size. The network returns logits
+(HRNet's at 1/4 size); their upsample, softmax, projection, flip average and window sum run
+per band of rows, on the image's part of each window only (never on its padding). Crops never
+leave the device; the host gets one array per image back.
 """
 
 import functools

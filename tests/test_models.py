@@ -251,29 +251,42 @@ def test_conv_after_gradient_has_the_values_and_gradients_of_the_plain_conv(
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("kernel", [1, 3, 5])
-def test_same_kernel_gradient_is_the_convolutions_kernel_gradient(kernel):
-  """The flat-row matrix products that conv_after_gradient uses for stride-1 "same" convs."""
-  rng = np.random.default_rng(kernel)
-  x = jnp.asarray(rng.normal(size=(3, 7, 10, 4)), jnp.float32)
+@pytest.mark.parametrize(
+  "kernel,stride,pad,size",
+  [
+    (1, 1, 0, (7, 10)),
+    (3, 1, 1, (7, 10)),
+    (5, 1, 2, (7, 10)),
+    (3, 2, 1, (7, 10)),  # odd rows: the last phase row is padding
+    (3, 2, 1, (8, 11)),
+    (1, 2, 0, (7, 10)),
+    (5, 2, 2, (9, 6)),
+  ],
+)
+def test_flat_kernel_gradient_is_the_convolutions_kernel_gradient(kernel, stride, pad, size):
+  """The flat-row matrix products that conv_after_gradient uses for stride-1 and 2 convs."""
+  rng = np.random.default_rng(kernel + stride)
+  x = jnp.asarray(rng.normal(size=(3, *size, 4)), jnp.float32)
   w = jnp.asarray(rng.normal(size=(kernel, kernel, 4, 6)), jnp.float32)
-  g = jnp.asarray(rng.normal(size=(3, 7, 10, 6)), jnp.float32)
-  pad = [(kernel // 2, kernel // 2)] * 2
   numbers = ("NHWC", "HWIO", "NHWC")
+  padding = ((pad, pad), (pad, pad))
+  conv = functools.partial(
+    jax.lax.conv_general_dilated, window_strides=(stride, stride), padding=padding
+  )
+  y, vjp = jax.vjp(lambda k: conv(x, k, dimension_numbers=numbers), w)
+  g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
   params = (
-    (1, 1),
-    tuple(pad),
+    (stride, stride),
+    padding,
     None,
     None,
     jax.lax.conv_dimension_numbers(x.shape, w.shape, numbers),
     1,
     None,
   )
-  assert hrnet._is_same_nhwc(params, w.shape)
-  conv = functools.partial(jax.lax.conv_general_dilated, window_strides=(1, 1), padding=pad)
-  expected = jax.vjp(lambda k: conv(x, k, dimension_numbers=numbers), w)[1](g)[0]
-  got = hrnet._same_kernel_gradient(x, g, w.shape, None)
-  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+  assert hrnet._has_flat_kernel_gradient(params, w.shape)
+  got = hrnet._flat_kernel_gradient(x, g, w.shape, stride, padding, None)
+  np.testing.assert_allclose(got, vjp(g)[0], rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("mask", [None, (1, 0, 1)])

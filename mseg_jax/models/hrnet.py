@@ -210,8 +210,8 @@ def conv_after_gradient(
   input and kernel; with plain autodiff it makes those copies as soon as the forward has the
   input, so every activation is kept twice until the backward (BENCHMARKS.md, issue 17). Here
   the backward divides them by a 1 computed from the gradient first, which moves the copies
-  to the backward. The kernel gradient of a stride-1 "same" convolution is computed as matrix
-  products (`_same_kernel_gradient`), faster than XLA:CPU's own. Same values and gradients.
+  to the backward. The kernel gradient of a stride-1 or 2 convolution is computed as matrix
+  products (`_flat_kernel_gradient`), faster than XLA:CPU's own. Same values and gradients.
   HRNet and PSPNet use it on CPU (`backend_conv`).
   """
   params = (
@@ -259,61 +259,74 @@ def _late_conv_fwd(params, lhs, rhs):
 def _late_conv_bwd(params, res, g):
   one = _opaque_one(g.reshape(-1)[0])
   lhs, rhs = (r / one.astype(r.dtype) for r in res)
-  if not _is_same_nhwc(params, rhs.shape):
+  if not _has_flat_kernel_gradient(params, rhs.shape):
     dlhs, drhs = jax.vjp(functools.partial(_plain_conv, params), lhs, rhs)[1](g)
   else:
     (dlhs,) = jax.vjp(lambda x: _plain_conv(params, x, rhs), lhs)[1](g)
-    drhs = _same_kernel_gradient(lhs, g, rhs.shape, params[-1]).astype(rhs.dtype)
+    strides, padding, precision = params[0][0], params[1], params[-1]
+    drhs = _flat_kernel_gradient(lhs, g, rhs.shape, strides, padding, precision)
+    drhs = drhs.astype(rhs.dtype)
   # The kernel's gradient waits for the input's, whose convolution reads the kernel: then a
   # donated step's in-place update of the kernel comes after every read of it, and XLA does
   # not copy all the params at the start of the step to keep the old values.
   return dlhs, drhs * _opaque_one(dlhs.reshape(-1)[0]).astype(drhs.dtype)
 
 
-def _is_same_nhwc(params, kernel_shape) -> bool:
-  """Whether `params` describe flax's NHWC/HWIO convolution, stride 1, undilated, ungrouped, with
-  an odd square kernel and "same" padding."""
+def _has_flat_kernel_gradient(params, kernel_shape) -> bool:
+  """Whether `params` describe a convolution `_flat_kernel_gradient` handles: flax's NHWC/HWIO,
+  ungrouped, undilated, stride 1 or 2 on both axes, a square kernel with explicit padding (none
+  for 1x1)."""
   strides, padding, lhs_dilation, rhs_dilation, numbers, groups, _ = params
   k = kernel_shape[0]
   return (
     numbers == jax.lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), ("NHWC", "HWIO", "NHWC"))
     and groups == 1
-    and set(strides) <= {1}
+    and strides in ((1, 1), (2, 2))
     and set(lhs_dilation or (1,)) == set(rhs_dilation or (1,)) == {1}
-    and k % 2 == 1
     and kernel_shape[1] == k
-    and padding == ((k // 2, k // 2), (k // 2, k // 2))
+    and not isinstance(padding, str)
+    and (k > 1 or padding == ((0, 0), (0, 0)))
   )
 
 
-def _same_kernel_gradient(x, g, kernel_shape, precision) -> jnp.ndarray:
-  """The kernel gradient (k, k, C, D) of a stride-1 "same" convolution of `x` (N, H, W, C) whose
-  output gradient is `g` (N, H, W, D), in fp32: one matrix product per tap on flattened rows.
+def _flat_kernel_gradient(x, g, kernel_shape, stride, padding, precision) -> jnp.ndarray:
+  """The kernel gradient (k, k, C, D) of a convolution (stride 1 or 2) of `x` (N, H, W, C) whose
+  output gradient is `g` (N, h, w, D), in fp32: one matrix product per tap on flattened rows.
 
-  With each image of x zero-padded by k//2 and of g zero-padded on the right and bottom to the
-  same (H + k - 1, W + k - 1) grid, tap (i, j) pairs g's flat row q with x's flat row
-  q + i * (W + k - 1) + j, a contiguous slice. Images stay apart until the final sum, so a
-  batch sharded over devices needs one reduction, after the loop. XLA:CPU's own
-  weight-gradient convolution is 1.5-3x slower than this at HRNet's shapes (BENCHMARKS.md,
-  issue 17).
+  Tap (i, j) reads the padded input at (s y + i, s x + j) = s (y + i // s, x + j // s) +
+  (i % s, j % s): on phase (i % s, j % s) of the padded input, split into s x s phases of
+  (h + e, w + e) pixels (e = (k - 1) // s), it reads pixel (y, x) shifted by (i // s, j // s).
+  With g zero-padded on the right and bottom to that grid too, tap (i, j) pairs g's flat row
+  q with the phase's flat row q + (i // s) (w + e) + j // s: a contiguous slice. Images stay
+  apart until the final sum, so a batch sharded over devices needs one reduction, after the
+  loop. XLA:CPU's own weight-gradient convolution is 1.5-3x slower than this at HRNet's shapes
+  (BENCHMARKS.md, issue 17).
   """
   k, _, c, d = kernel_shape
-  n = x.shape[0]
+  n, h, w, _ = g.shape
+  s = stride
   if k == 1:
     dims = (((0, 1), (0, 1)), ((), ()))
-    rows, grads = x.reshape(n, -1, c), g.reshape(n, -1, d)
+    rows, grads = x[:, : s * h : s, : s * w : s].reshape(n, -1, c), g.reshape(n, -1, d)
     return jax.lax.dot_general(rows, grads, dims, precision, jnp.float32).reshape(kernel_shape)
-  p = k // 2
-  width = x.shape[2] + 2 * p
-  rows = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))).reshape(n, -1, c)
-  grads = jnp.pad(g, ((0, 0), (0, 2 * p), (0, 2 * p), (0, 0))).reshape(n, -1, d)
-  m = rows.shape[1] - (2 * p * width + 2 * p)  # g's later rows are all padding
+  e = (k - 1) // s
+  hq, wq = h + e, w + e
+  # Padded, then cut or zero-extended to s * (h + e) rows and columns, all that the taps read.
+  (top, _), (left, _) = padding
+  bottom, right = s * hq - x.shape[1] - top, s * wq - x.shape[2] - left
+  zero = jnp.zeros((), x.dtype)
+  x = jax.lax.pad(x, zero, ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0)))
+  phases = x.reshape(n, hq, s, wq, s, c).transpose(2, 4, 0, 1, 3, 5).reshape(s * s, n, -1, c)
+  grads = jnp.pad(g, ((0, 0), (0, e), (0, e), (0, 0))).reshape(n, -1, d)
+  m = hq * wq - (e * wq + e)  # g's later rows are all padding
   grads_t = jnp.swapaxes(grads[:, :m], 1, 2)  # (N, D, m)
-  offsets = jnp.array([i * width + j for i in range(k) for j in range(k)])
+  taps_ij = [(i, j) for i in range(k) for j in range(k)]
+  phase = jnp.array([i % s * s + j % s for i, j in taps_ij])
+  offset = jnp.array([i // s * wq + j // s for i, j in taps_ij])
   dims = (((2,), (1,)), ((0,), (0,)))
 
   def tap(t, taps):
-    window = jax.lax.dynamic_slice_in_dim(rows, offsets[t], m, axis=1)
+    window = jax.lax.dynamic_slice(phases, (phase[t], 0, offset[t], 0), (1, n, m, c))[0]
     return taps.at[t].set(jax.lax.dot_general(grads_t, window, dims, precision, jnp.float32))
 
   # The loop's buffer is zeros times a 1 from g: a constant one would be made in the forward
