@@ -261,6 +261,8 @@ def test_conv_after_gradient_has_the_values_and_gradients_of_the_plain_conv(
     (3, 2, 1, (8, 11)),
     (1, 2, 0, (7, 10)),
     (5, 2, 2, (9, 6)),
+    (4, 2, 1, (9, 8)),  # even kernels and other paddings follow the same rule
+    (2, 1, 0, (7, 10)),
   ],
 )
 def test_flat_kernel_gradient_is_the_convolutions_kernel_gradient(kernel, stride, pad, size):
