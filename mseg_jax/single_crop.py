@@ -49,24 +49,15 @@ def resize_argmax(
   Same values as resizing the whole map and taking its argmax (ties to the first class), with
   (N, band, W, K) instead of (N, H, W, K) in memory. Only `predictable` classes are picked.
   """
-  n, h, w, _ = probs.shape
-  out_h, out_w = out_hw
-  y0, y1, wy = bilinear_taps(out_h, h, align_corners)
-  bands = -(-out_h // band)
-  pad = bands * band - out_h
-  y0, y1 = np.pad(y0, (0, pad), mode="edge"), np.pad(y1, (0, pad), mode="edge")
-  wy = np.pad(wy, (0, pad), mode="edge").astype(np.float32)
 
-  def one_band(taps):
-    b0, b1, bw = taps
+  def one_band(b0, b1, bw):
     bw = bw[None, :, None, None]
     rows = probs[:, b0] * (1 - bw) + probs[:, b1] * bw
-    rows = resize_bilinear(rows, (band, out_w), align_corners)
+    rows = resize_bilinear(rows, (band, out_hw[1]), align_corners)
     return inference.predicted_labels(rows, predictable)
 
-  taps = (y0.reshape(bands, band), y1.reshape(bands, band), wy.reshape(bands, band))
-  labels = jax.lax.map(one_band, jax.tree.map(jnp.asarray, taps))  # (bands, n, band, W)
-  return jnp.moveaxis(labels, 0, 1).reshape(n, bands * band, out_w)[:, :out_h]
+  taps = bilinear_taps(out_hw[0], probs.shape[1], align_corners)
+  return inference.banded_rows(one_band, taps, band)
 
 
 def _labels(net, variables, frames, projection, predictable, crop: int, out_hw):
