@@ -229,14 +229,25 @@ def test_batchnorm_train_step_follows_pytorch():
   )
 
 
-@pytest.mark.parametrize("stride, dilation, kernel", [(1, 1, 3), (2, 1, 3), (1, 2, 3), (1, 1, 1)])
+@pytest.mark.parametrize(
+  "stride, dilation, kernel, channels",
+  [
+    (1, 1, 3, (4, 5)),
+    (2, 1, 3, (4, 5)),
+    (1, 2, 3, (4, 5)),
+    (1, 1, 1, (4, 5)),
+    (1, 1, 1, (6, 3)),  # fewer output channels: the 1x1 kernel gradient swaps its operands
+    (2, 1, 1, (6, 3)),
+    (2, 1, 3, (6, 3)),
+  ],
+)
 def test_conv_after_gradient_has_the_values_and_gradients_of_the_plain_conv(
-  stride, dilation, kernel
+  stride, dilation, kernel, channels
 ):
   rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(size=(2, 9, 11, 4)), jnp.float32)
-  w = jnp.asarray(rng.normal(size=(kernel, kernel, 4, 5)), jnp.float32)
-  g = jnp.asarray(rng.normal(size=(2, 9, 11, 5)), jnp.float32)
+  x = jnp.asarray(rng.normal(size=(2, 9, 11, channels[0])), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(kernel, kernel, *channels)), jnp.float32)
+  g = jnp.asarray(rng.normal(size=(2, 9, 11, channels[1])), jnp.float32)
   pad = dilation * (kernel // 2)
 
   def conv(fn, x, w):
@@ -289,6 +300,33 @@ def test_flat_kernel_gradient_is_the_convolutions_kernel_gradient(kernel, stride
   assert hrnet._has_flat_kernel_gradient(params, w.shape)
   got = hrnet._flat_kernel_gradient(x, g, w.shape, stride, padding, None)
   np.testing.assert_allclose(got, vjp(g)[0], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+  "kernel,pad,size",
+  [
+    (3, 1, (7, 10)),  # odd rows: the last phase row is padding
+    (3, 1, (8, 11)),
+    (3, 0, (9, 9)),  # the taps never read the last column
+    (1, 0, (7, 10)),  # only phase (0, 0) is read
+    (5, 2, (9, 6)),
+    (4, 1, (9, 8)),
+  ],
+)
+def test_phase_conv_is_the_stride_2_convolution_with_its_input_gradient(kernel, pad, size):
+  """The stride-2 convolution that conv_after_gradient differentiates for the input gradient."""
+  rng = np.random.default_rng(kernel + pad)
+  x = jnp.asarray(rng.normal(size=(3, *size, 4)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(kernel, kernel, 4, 6)), jnp.float32)
+  padding = ((pad, pad), (pad, pad))
+  numbers = ("NHWC", "HWIO", "NHWC")
+  y, vjp = jax.vjp(
+    lambda x: jax.lax.conv_general_dilated(x, w, (2, 2), padding, dimension_numbers=numbers), x
+  )
+  g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+  got, got_vjp = jax.vjp(lambda x: hrnet._phase_conv(x, w, padding, y.shape[1:3], None), x)
+  np.testing.assert_allclose(got, y, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(got_vjp(g)[0], vjp(g)[0], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("mask", [None, (1, 0, 1)])

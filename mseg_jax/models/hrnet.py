@@ -211,7 +211,8 @@ def conv_after_gradient(
   input, so every activation is kept twice until the backward (BENCHMARKS.md, issue 17). Here
   the backward divides them by a 1 computed from the gradient first, which moves the copies
   to the backward. The kernel gradient of a stride-1 or 2 convolution is computed as matrix
-  products (`_flat_kernel_gradient`), faster than XLA:CPU's own. Same values and gradients.
+  products (`_flat_kernel_gradient`) and the input gradient of a stride-2 one from its phases
+  (`_phase_conv`), both faster than XLA:CPU's own. Same values and gradients.
   HRNet and PSPNet use it on CPU (`backend_conv`).
   """
   params = (
@@ -262,8 +263,14 @@ def _late_conv_bwd(params, res, g):
   if not _has_flat_kernel_gradient(params, rhs.shape):
     dlhs, drhs = jax.vjp(functools.partial(_plain_conv, params), lhs, rhs)[1](g)
   else:
-    (dlhs,) = jax.vjp(lambda x: _plain_conv(params, x, rhs), lhs)[1](g)
     strides, padding, precision = params[0][0], params[1], params[-1]
+    if strides == 2:
+      conv = functools.partial(
+        _phase_conv, w=rhs, padding=padding, out_hw=g.shape[1:3], precision=precision
+      )
+    else:
+      conv = functools.partial(_plain_conv, params, rhs=rhs)
+    (dlhs,) = jax.vjp(conv, lhs)[1](g)
     drhs = _flat_kernel_gradient(lhs, g, rhs.shape, strides, padding, precision)
     drhs = drhs.astype(rhs.dtype)
   # The kernel's gradient waits for the input's, whose convolution reads the kernel: then a
@@ -289,34 +296,73 @@ def _has_flat_kernel_gradient(params, kernel_shape) -> bool:
   )
 
 
+def _phases(x, k: int, s: int, padding, out_hw: tuple[int, int]) -> jnp.ndarray:
+  """`x` (N, H, W, C) padded, then cut or zero-extended to the s (h + e) x s (w + e) pixels that
+  a stride-s k x k convolution with output (h, w) reads (e = (k - 1) // s), split into its s x s
+  phases: (s * s, N, h + e, w + e, C), phase a s + b holding pixels (s y + a, s x + b).
+
+  Tap (i, j) reads the padded input at (s y + i, s x + j) = s (y + i // s, x + j // s) +
+  (i % s, j % s): pixel (y, x) of phase (i % s, j % s) shifted by (i // s, j // s)."""
+  n, rows, cols, c = x.shape
+  e = (k - 1) // s
+  hq, wq = out_hw[0] + e, out_hw[1] + e
+  (top, _), (left, _) = padding
+  bottom, right = s * hq - rows - top, s * wq - cols - left
+  x = jax.lax.pad(
+    x, jnp.zeros((), x.dtype), ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0))
+  )
+  return x.reshape(n, hq, s, wq, s, c).transpose(2, 4, 0, 1, 3, 5).reshape(s * s, n, hq, wq, c)
+
+
+def _phase_conv(x, w, padding, out_hw: tuple[int, int], precision) -> jnp.ndarray:
+  """The stride-2 convolution of `x` (N, H, W, C) by `w` (k, k, C, D) with output `out_hw`, as
+  the sum over `x`'s 2 x 2 phases (`_phases`) of a stride-1 convolution by the taps that read
+  it, w[a::2, b::2]. Same values; its input gradient is made of stride-1 convolutions, which
+  XLA:CPU runs 3-4x faster than its own for a stride-2 convolution (a generic convolution of
+  the zero-dilated output gradient; BENCHMARKS.md, issue 17)."""
+  k = w.shape[0]
+  phases = _phases(x, k, 2, padding, out_hw)
+  y = 0
+  for a in range(min(k, 2)):
+    for b in range(min(k, 2)):
+      part = jax.lax.conv_general_dilated(
+        phases[2 * a + b],
+        w[a::2, b::2],
+        (1, 1),
+        "VALID",
+        precision=precision,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      )
+      y = y + part[:, : out_hw[0], : out_hw[1]]
+  return y
+
+
 def _flat_kernel_gradient(x, g, kernel_shape, stride, padding, precision) -> jnp.ndarray:
   """The kernel gradient (k, k, C, D) of a convolution (stride 1 or 2) of `x` (N, H, W, C) whose
   output gradient is `g` (N, h, w, D), in fp32: one matrix product per tap on flattened rows.
 
-  Tap (i, j) reads the padded input at (s y + i, s x + j) = s (y + i // s, x + j // s) +
-  (i % s, j % s): on phase (i % s, j % s) of the padded input, split into s x s phases of
-  (h + e, w + e) pixels (e = (k - 1) // s), it reads pixel (y, x) shifted by (i // s, j // s).
-  With g zero-padded on the right and bottom to that grid too, tap (i, j) pairs g's flat row
-  q with the phase's flat row q + (i // s) (w + e) + j // s: a contiguous slice. Images stay
-  apart until the final sum, so a batch sharded over devices needs one reduction, after the
-  loop. XLA:CPU's own weight-gradient convolution is 1.5-3x slower than this at HRNet's shapes
-  (BENCHMARKS.md, issue 17).
+  Tap (i, j) reads pixel (y, x) of phase (i % s, j % s) of the padded input (`_phases`, (h + e)
+  x (w + e) pixels each) shifted by (i // s, j // s). With g zero-padded on the right and
+  bottom to that grid too, tap (i, j) pairs g's flat row q with the phase's flat row
+  q + (i // s) (w + e) + j // s: a contiguous slice. Images stay apart until the final sum, so
+  a batch sharded over devices needs one reduction, after the loop. XLA:CPU's own
+  weight-gradient convolution is 1.5-3x slower than this at HRNet's shapes (BENCHMARKS.md,
+  issue 17).
   """
   k, _, c, d = kernel_shape
   n, h, w, _ = g.shape
   s = stride
   if k == 1:
-    dims = (((0, 1), (0, 1)), ((), ()))
     rows, grads = x[:, : s * h : s, : s * w : s].reshape(n, -1, c), g.reshape(n, -1, d)
-    return jax.lax.dot_general(rows, grads, dims, precision, jnp.float32).reshape(kernel_shape)
+    # XLA:CPU copies the left operand of a product over its leading axes into a transposed
+    # layout: make that the one with fewer channels.
+    first, second = (grads, rows) if d < c else (rows, grads)
+    dims = (((0, 1), (0, 1)), ((), ()))
+    kernel = jax.lax.dot_general(first, second, dims, precision, jnp.float32)
+    return (kernel.T if d < c else kernel).reshape(kernel_shape)
   e = (k - 1) // s
   hq, wq = h + e, w + e
-  # Padded, then cut or zero-extended to s * (h + e) rows and columns, all that the taps read.
-  (top, _), (left, _) = padding
-  bottom, right = s * hq - x.shape[1] - top, s * wq - x.shape[2] - left
-  zero = jnp.zeros((), x.dtype)
-  x = jax.lax.pad(x, zero, ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0)))
-  phases = x.reshape(n, hq, s, wq, s, c).transpose(2, 4, 0, 1, 3, 5).reshape(s * s, n, -1, c)
+  phases = _phases(x, k, s, padding, (h, w)).reshape(s * s, n, -1, c)
   grads = jnp.pad(g, ((0, 0), (0, e), (0, e), (0, 0))).reshape(n, -1, d)
   m = hq * wq - (e * wq + e)  # g's later rows are all padding
   grads_t = jnp.swapaxes(grads[:, :m], 1, 2)  # (N, D, m)
