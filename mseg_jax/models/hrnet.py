@@ -318,8 +318,9 @@ def _phase_conv(x, w, padding, out_hw: tuple[int, int], precision) -> jnp.ndarra
   """The stride-2 convolution of `x` (N, H, W, C) by `w` (k, k, C, D) with output `out_hw`, as
   the sum over `x`'s 2 x 2 phases (`_phases`) of a stride-1 convolution by the taps that read
   it, w[a::2, b::2]. Same values; its input gradient is made of stride-1 convolutions, which
-  XLA:CPU runs 3-4x faster than its own for a stride-2 convolution (a generic convolution of
-  the zero-dilated output gradient; BENCHMARKS.md, issue 17)."""
+  XLA:CPU runs 3-4x faster at HRNet's larger stride-2 convolutions than their own input
+  gradient (a generic convolution of the zero-dilated output gradient; BENCHMARKS.md, issue
+  17)."""
   k = w.shape[0]
   phases = _phases(x, k, 2, padding, out_hw)
   y = 0
