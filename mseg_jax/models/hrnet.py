@@ -263,15 +263,15 @@ def _late_conv_bwd(params, res, g):
   if not _has_flat_kernel_gradient(params, rhs.shape):
     dlhs, drhs = jax.vjp(functools.partial(_plain_conv, params), lhs, rhs)[1](g)
   else:
-    strides, padding, precision = params[0][0], params[1], params[-1]
-    if strides == 2:
+    stride, padding, precision = params[0][0], params[1], params[-1]
+    if stride == 2:
       conv = functools.partial(
         _phase_conv, w=rhs, padding=padding, out_hw=g.shape[1:3], precision=precision
       )
     else:
       conv = functools.partial(_plain_conv, params, rhs=rhs)
     (dlhs,) = jax.vjp(conv, lhs)[1](g)
-    drhs = _flat_kernel_gradient(lhs, g, rhs.shape, strides, padding, precision)
+    drhs = _flat_kernel_gradient(lhs, g, rhs.shape, stride, padding, precision)
     drhs = drhs.astype(rhs.dtype)
   # The kernel's gradient waits for the input's, whose convolution reads the kernel: then a
   # donated step's in-place update of the kernel comes after every read of it, and XLA does
@@ -280,9 +280,9 @@ def _late_conv_bwd(params, res, g):
 
 
 def _has_flat_kernel_gradient(params, kernel_shape) -> bool:
-  """Whether `params` describe a convolution `_flat_kernel_gradient` handles: flax's NHWC/HWIO,
-  ungrouped, undilated, stride 1 or 2 on both axes, a square kernel with explicit padding (none
-  for 1x1)."""
+  """Whether `params` describe a convolution `_flat_kernel_gradient` (and, at stride 2,
+  `_phase_conv`) handles: flax's NHWC/HWIO, ungrouped, undilated, stride 1 or 2 on both axes, a
+  square kernel with explicit padding (none for 1x1)."""
   strides, padding, lhs_dilation, rhs_dilation, numbers, groups, _ = params
   k = kernel_shape[0]
   return (
@@ -361,9 +361,10 @@ def _flat_kernel_gradient(x, g, kernel_shape, stride, padding, precision) -> jnp
     dims = (((0, 1), (0, 1)), ((), ()))
     kernel = jax.lax.dot_general(first, second, dims, precision, jnp.float32)
     return (kernel.T if d < c else kernel).reshape(kernel_shape)
-  e = (k - 1) // s
-  hq, wq = h + e, w + e
-  phases = _phases(x, k, s, padding, (h, w)).reshape(s * s, n, -1, c)
+  phases = _phases(x, k, s, padding, (h, w))
+  hq, wq = phases.shape[2:4]
+  e = hq - h
+  phases = phases.reshape(s * s, n, -1, c)
   grads = jnp.pad(g, ((0, 0), (0, e), (0, e), (0, 0))).reshape(n, -1, d)
   m = hq * wq - (e * wq + e)  # g's later rows are all padding
   grads_t = jnp.swapaxes(grads[:, :m], 1, 2)  # (N, D, m)
