@@ -1,7 +1,7 @@
 """Train-step throughput, memory and host time of HRNet (W48 by default) on the local devices.
 
   python benchmarks/bench_train.py --crop 473 --batch 2 --dtype float32 [--preset hrnet_w48]
-      [--micro_batches K]
+      [--micro_batches K] [--winograd-min-channels N]
 
 Runs the real jitted `train.train_step` (state donated, batch sharded over all devices, the XLA
 options of train.py: `models.compiler_options()`) on a random uint8 batch of 7 datasets'
@@ -16,6 +16,8 @@ RSS and, on GPU, the device's peak bytes in use.
 time, 0 = all at once); `--mgda compare` times the plain step, then the MGDA step, and prints
 MGDA's step time over the plain one. `--micro_batches K` runs each step in K passes
 (config.max_device_batch): compare its memory and time with K=1 at the same batch.
+`--winograd-min-channels` sets `hrnet.WINOGRAD_MIN_CHANNELS` for this run (a huge value turns
+the CPU step's Winograd convolutions off).
 """
 
 import argparse
@@ -46,14 +48,18 @@ def main() -> None:
   parser.add_argument("--micro_batches", type=int, default=1, help="passes per step")
   parser.add_argument("--mgda", choices=("off", "on", "compare"), default="off")
   parser.add_argument("--tasks-per-pass", type=int, default=1, help="MGDA; 0: all at once")
+  parser.add_argument(
+    "--winograd-min-channels", type=int, default=models.hrnet.WINOGRAD_MIN_CHANNELS
+  )
   args = parser.parse_args()
+  models.hrnet.WINOGRAD_MIN_CHANNELS = args.winograd_min_channels
 
   mesh = train.make_mesh()
   jax.set_mesh(mesh)
   print(
     f"device: {jax.devices()[0].device_kind} x{jax.device_count()}  model: {args.preset}  "
     f"crop: {args.crop}  batch: {args.batch}  dtype: {args.dtype}  "
-    f"micro-batches: {args.micro_batches}"
+    f"micro-batches: {args.micro_batches}  Winograd from {args.winograd_min_channels} channels"
   )
   mgda_options = dict(normalization="none", tasks_per_pass=args.tasks_per_pass)
   modes = {"off": [None], "on": [mgda_options], "compare": [None, mgda_options]}[args.mgda]

@@ -13,7 +13,7 @@ import pytest
 from conftest import shared_path
 
 from mseg_jax import models
-from mseg_jax.models import hrnet
+from mseg_jax.models import hrnet, winograd
 from mseg_jax.models.hrnet import conv_after_gradient, materialize
 
 SIZES = ("65x65", "73x105")
@@ -260,6 +260,67 @@ def test_conv_after_gradient_has_the_values_and_gradients_of_the_plain_conv(
   np.testing.assert_allclose(late(x, w), plain(x, w), rtol=1e-6)
   for a, b in zip(jax.grad(late, (0, 1))(x, w), jax.grad(plain, (0, 1))(x, w), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(7, 10), (8, 8), (1, 1), (2, 5)])
+def test_winograd_conv3x3_is_the_padded_3x3_convolution_with_its_gradients(size):
+  """Odd sizes leave part of the last 2x2 output tiles outside the image."""
+  rng = np.random.default_rng(size[0])
+  x = jnp.asarray(rng.normal(size=(2, *size, 5)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(3, 3, 5, 7)), jnp.float32)
+  y, vjp = jax.vjp(
+    lambda x, w: jax.lax.conv_general_dilated(
+      x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    ),
+    x,
+    w,
+  )
+  g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+  np.testing.assert_allclose(winograd.conv3x3(x, w), y, rtol=1e-5, atol=1e-5)
+  for ours, ref in zip(winograd.conv3x3_gradients(x, w, g), vjp(g), strict=True):
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=5e-5)
+
+
+def _convolutions_in(fn, *args) -> int:
+  return jax.jit(fn).lower(*args).as_text().count("stablehlo.convolution")
+
+
+@pytest.mark.parametrize(
+  "stride, dtype, channels, winograd_convs",
+  [
+    (1, jnp.float32, 6, True),
+    (1, jnp.float32, 5, False),  # below WINOGRAD_MIN_CHANNELS (6 here) on one side
+    (2, jnp.float32, 6, False),
+    (1, jnp.bfloat16, 6, False),
+  ],
+)
+def test_conv_after_gradient_differentiates_wide_fp32_3x3_convs_as_winograd_products(
+  monkeypatch, stride, dtype, channels, winograd_convs
+):
+  """The train step's forward and both gradients of such a convolution are matrix products,
+  with the plain convolution's values and gradients; inference keeps the plain convolution."""
+  monkeypatch.setattr(hrnet, "WINOGRAD_MIN_CHANNELS", 6)
+  rng = np.random.default_rng(stride)
+  x = jnp.asarray(rng.normal(size=(2, 9, 11, 6)), dtype)
+  w = jnp.asarray(rng.normal(size=(3, 3, 6, channels)), dtype)
+  dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+
+  def loss(fn, x, w):
+    y = fn(x, w, (stride, stride), ((1, 1), (1, 1)), dimension_numbers=dn)
+    return jnp.sum(y.astype(jnp.float32) * jnp.cos(jnp.arange(y.size).reshape(y.shape)))
+
+  late = functools.partial(loss, conv_after_gradient)
+  plain = functools.partial(loss, jax.lax.conv_general_dilated)
+  grad = jax.value_and_grad(late, (0, 1))
+  assert (_convolutions_in(grad, x, w) == 0) == winograd_convs
+  assert _convolutions_in(late, x, w) == 1
+  (value, grads), (ref_value, ref_grads) = grad(x, w), jax.value_and_grad(plain, (0, 1))(x, w)
+  tol = 1e-5 if dtype == jnp.float32 else 2e-2
+  np.testing.assert_allclose(value, ref_value, rtol=tol)
+  for a, b in zip(grads, ref_grads, strict=True):
+    np.testing.assert_allclose(
+      np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=tol, atol=tol * 10
+    )
 
 
 @pytest.mark.parametrize(

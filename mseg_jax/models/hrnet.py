@@ -15,10 +15,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mseg_jax.models import winograd
 from mseg_jax.models.resize import resize_bilinear
 
 STEM_WIDTH = 64
 BOTTLENECK_EXPANSION = 4
+# The train step on CPU computes 3x3 convolutions with at least this many input and output
+# channels as Winograd products (`winograd.py`); below it XLA:CPU's own are faster.
+WINOGRAD_MIN_CHANNELS = 192
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,8 +216,11 @@ def conv_after_gradient(
   the backward divides them by a 1 computed from the gradient first, which moves the copies
   to the backward. The kernel gradient of a stride-1 or 2 convolution is computed as matrix
   products (`_flat_kernel_gradient`) and the input gradient of a stride-2 one from its phases
-  (`_phase_conv`), both faster than XLA:CPU's own. Same values and gradients.
-  HRNet and PSPNet use it on CPU (`backend_conv`).
+  (`_phase_conv`), both faster than XLA:CPU's own; a wide stride-1 3x3 convolution is computed
+  under differentiation, with both gradients, as Winograd products (`_has_winograd`). Same
+  values and gradients, up to float rounding for the Winograd ones; called without
+  differentiation (inference) it is the plain convolution. HRNet and PSPNet use it on CPU
+  (`backend_conv`).
   """
   params = (
     tuple(window_strides),
@@ -254,13 +261,17 @@ def _late_conv(params, lhs, rhs):
 
 
 def _late_conv_fwd(params, lhs, rhs):
+  if _has_winograd(params, lhs, rhs):
+    return winograd.conv3x3(lhs, rhs), (lhs, rhs)
   return _plain_conv(params, lhs, rhs), (lhs, rhs)
 
 
 def _late_conv_bwd(params, res, g):
   one = _opaque_one(g.reshape(-1)[0])
   lhs, rhs = (r / one.astype(r.dtype) for r in res)
-  if not _has_flat_kernel_gradient(params, rhs.shape):
+  if _has_winograd(params, lhs, rhs):
+    dlhs, drhs = winograd.conv3x3_gradients(lhs, rhs, g)
+  elif not _has_flat_kernel_gradient(params, rhs.shape):
     dlhs, drhs = jax.vjp(functools.partial(_plain_conv, params), lhs, rhs)[1](g)
   else:
     stride, padding, precision = params[0][0], params[1], params[-1]
@@ -293,6 +304,19 @@ def _has_flat_kernel_gradient(params, kernel_shape) -> bool:
     and kernel_shape[1] == k
     and not isinstance(padding, str)
     and (k > 1 or padding == ((0, 0), (0, 0)))
+  )
+
+
+def _has_winograd(params, lhs, rhs) -> bool:
+  """Whether `_late_conv` differentiates this convolution as `winograd.conv3x3`: fp32, stride
+  1, 3x3 with padding 1, and at least `WINOGRAD_MIN_CHANNELS` channels in and out."""
+  return (
+    _has_flat_kernel_gradient(params, rhs.shape)
+    and rhs.shape[0] == 3
+    and params[0] == (1, 1)
+    and params[1] == ((1, 1), (1, 1))
+    and lhs.dtype == rhs.dtype == jnp.float32
+    and min(rhs.shape[2:]) >= WINOGRAD_MIN_CHANNELS
   )
 
 
