@@ -2,7 +2,8 @@
 
 Both run in one subprocess started with XLA_FLAGS=--xla_force_host_platform_device_count=4:
 the same jitted train_step, the same global batch, once on a 1-device mesh and once on a
-4-device mesh with the batch sharded on "data".
+4-device mesh with the batch sharded on "data". The 3x3 convolutions with 8 or more channels
+run as Winograd products (`hrnet.WINOGRAD_MIN_CHANNELS`, 192 in W48), the others directly.
 """
 
 import numpy as np
@@ -13,8 +14,10 @@ import functools, sys
 import jax, jax.numpy as jnp, ml_collections, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from mseg_jax import models, train
+from mseg_jax.models import hrnet
 
 assert jax.device_count() == 4, jax.devices()
+hrnet.WINOGRAD_MIN_CHANNELS = 8
 from conftest import tiny_hrnet_config
 config = tiny_hrnet_config(num_classes=5, width=4)
 model = models.HRNet(config=config)
