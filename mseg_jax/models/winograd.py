@@ -59,13 +59,15 @@ def _tiles_transpose(dv: jnp.ndarray, h: int, w: int) -> jnp.ndarray:
   dvp = jnp.pad(dv, ((0, 0), (0, 0), (1, 1), (1, 1), (0, 0)))
   shifted = [dvp[:, :, 1 - a : th + 2 - a, 1 - b : tw + 2 - b] for a in (0, 1) for b in (0, 1)]
   bt = np.kron(_BT, _BT).reshape(16, 4, 4)  # [tile element k, i, j]
-  phases = []
-  for p in (0, 1):
-    for q in (0, 1):
-      coefs = [bt[k, p + 2 * a, q + 2 * b] for a in (0, 1) for b in (0, 1) for k in range(16)]
-      terms = [s[k] for s in shifted for k in range(16)]
-      phases.append(_mix(np.array([coefs]), terms)[0])
-  xp = jnp.stack(phases).reshape(2, 2, n, th + 1, tw + 1, c).transpose(2, 3, 0, 4, 1, 5)
+  coefs = np.array(
+    [
+      [bt[k, p + 2 * a, q + 2 * b] for a in (0, 1) for b in (0, 1) for k in range(16)]
+      for p in (0, 1)
+      for q in (0, 1)
+    ]
+  )  # [phase (p, q), term (a, b, k)]
+  phases = _mix(coefs, [s[k] for s in shifted for k in range(16)])
+  xp = phases.reshape(2, 2, n, th + 1, tw + 1, c).transpose(2, 3, 0, 4, 1, 5)
   return xp.reshape(n, 2 * th + 2, 2 * tw + 2, c)[:, 1 : 1 + h, 1 : 1 + w]
 
 
