@@ -130,7 +130,7 @@ def main() -> None:
     """The windows' logits, then their band work (upsample, softmax, flip average, sum)."""
     logits = predictor.logits(predictor.variables, crops)
     total = jnp.zeros((args.crop, args.crop, logits.shape[-1]), jnp.float32)
-    return inference._add_windows(total, logits, starts, valid, None, layout)
+    return inference.add_windows(total, logits, starts, valid, None, layout)
 
   t0 = time.perf_counter()
   jax.block_until_ready(network_call())

@@ -247,7 +247,7 @@ def _windows(image: jax.Array, layout: Layout, batch: int) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames="layout", donate_argnums=0)
-def _add_windows(
+def add_windows(
   total: jax.Array,
   logits: jax.Array,
   starts: jax.Array,
@@ -295,23 +295,42 @@ def _finish_scale(total: jax.Array, counts: jax.Array, out_hw: tuple[int, int]) 
   return probs
 
 
+def resize_argmax(
+  probs: jax.Array,
+  out_hw: tuple[int, int],
+  align_corners: bool,
+  predictable: jax.Array | None,
+  counts: jax.Array | None = None,
+  band: int = ROW_BAND,
+) -> jax.Array:
+  """argmax over the `predictable` classes (all if None) of resize_bilinear(probs / counts,
+  out_hw), for (N, h, w, K) `probs` and (N, h, w) `counts` (None: 1), one band of output rows
+  at a time.
+
+  The labels (ties to the first class) of dividing, resizing and taking the argmax of the whole
+  map, with (N, band, W, K) instead of (N, H, W, K) in memory.
+  """
+
+  def rows(y):
+    return probs[:, y] if counts is None else probs[:, y] / counts[:, y, :, None]
+
+  def one_band(y0, y1, wy):
+    wy = wy[None, :, None, None]
+    mixed = rows(y0) * (1 - wy) + rows(y1) * wy
+    if mixed.shape[2] != out_hw[1]:
+      mixed = _lerp_cols(mixed, out_hw[1], align_corners)
+    return predicted_labels(mixed, predictable)
+
+  return banded_rows(one_band, bilinear_taps(out_hw[0], probs.shape[1], align_corners), band)
+
+
 @functools.partial(jax.jit, static_argnames="out_hw")
 def _finish_scale_labels(
   total: jax.Array, counts: jax.Array, predictable: jax.Array | None, out_hw: tuple[int, int]
 ) -> jax.Array:
-  """The labels of _finish_scale(...) over the `predictable` classes, per band of output rows:
-  without the (H, W, K) probabilities in memory (single scale)."""
-  total, counts = total[None], counts[None, ..., None]
-
-  def band(y0, y1, wy):
-    wy = wy[None, :, None, None]
-    probs = total[:, y0] / counts[:, y0] * (1 - wy) + total[:, y1] / counts[:, y1] * wy
-    if probs.shape[2] != out_hw[1]:
-      probs = _lerp_cols(probs, out_hw[1], align_corners=False)
-    return predicted_labels(probs, predictable)
-
-  taps = bilinear_taps(out_hw[0], total.shape[1], align_corners=False)
-  return banded_rows(band, taps, ROW_BAND)[0]
+  """The labels of _finish_scale(...) over the `predictable` classes, without the (H, W, K)
+  probabilities in memory (single scale)."""
+  return resize_argmax(total[None], out_hw, False, predictable, counts[None])[0]
 
 
 @functools.partial(jax.jit, donate_argnums=0)
@@ -416,7 +435,7 @@ class Predictor:
         k = logits.shape[-1] if self.projection is None else self.projection.shape[1]
         total = jnp.zeros((h, w, k), jnp.float32)
       batch = (starts[i : i + b], valid[i : i + b])
-      total = _add_windows(total, logits, *batch, self.projection, layout)
+      total = add_windows(total, logits, *batch, self.projection, layout)
     return total, layout
 
   def probs(self, image: np.ndarray) -> tuple[jax.Array, jax.Array]:

@@ -20,7 +20,6 @@ import numpy as np
 
 from mseg_jax import inference, models
 from mseg_jax.input_pipeline import transforms
-from mseg_jax.models.resize import bilinear_taps, resize_bilinear
 from mseg_jax.normalization import normalize
 
 
@@ -37,36 +36,13 @@ def resized_size(height: int, width: int, crop: int) -> tuple[int, int]:
   return int(height * (size / float(width))), size
 
 
-def resize_argmax(
-  probs: jax.Array,
-  out_hw: tuple[int, int],
-  align_corners: bool,
-  predictable: jax.Array | None,
-  band: int = 64,
-) -> jax.Array:
-  """argmax(resize_bilinear(probs, out_hw)) for (N, h, w, K), one band of output rows at a time.
-
-  Same values as resizing the whole map and taking its argmax (ties to the first class), with
-  (N, band, W, K) instead of (N, H, W, K) in memory. Only `predictable` classes are picked.
-  """
-
-  def one_band(b0, b1, bw):
-    bw = bw[None, :, None, None]
-    rows = probs[:, b0] * (1 - bw) + probs[:, b1] * bw
-    rows = resize_bilinear(rows, (band, out_hw[1]), align_corners)
-    return inference.predicted_labels(rows, predictable)
-
-  taps = bilinear_taps(out_hw[0], probs.shape[1], align_corners)
-  return inference.banded_rows(one_band, taps, band)
-
-
 def _labels(net, variables, frames, projection, predictable, crop: int, out_hw):
   """float32 frames (N, h, w, 3) resized, 0..255 -> label maps (N, *out_hw)."""
   _, h, w, _ = frames.shape
   top, left = (crop - h) // 2, (crop - w) // 2
   x = jnp.pad(normalize(frames), ((0, 0), (top, crop - h - top), (left, crop - w - left), (0, 0)))
   probs = net(variables, x, projection)[:, top : top + h, left : left + w]
-  return resize_argmax(probs, out_hw, True, predictable)
+  return inference.resize_argmax(probs, out_hw, True, predictable)
 
 
 @functools.lru_cache(maxsize=8)

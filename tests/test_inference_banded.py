@@ -84,3 +84,18 @@ def test_hrnet_predictor_equals_official_procedure(tiny_hrnet, h, w, base, batch
   expected = official_probs(*folded, image, base, (1.0,), 41, projection)
   np.testing.assert_allclose(np.asarray(probs), expected, atol=2e-5)
   np.testing.assert_array_equal(np.asarray(predictor(image)), np.asarray(labels))
+
+
+@pytest.mark.parametrize("align_corners", [True, False])
+@pytest.mark.parametrize("with_counts", [False, True])
+def test_banded_resize_argmax_equals_dividing_resizing_then_argmax(align_corners, with_counts):
+  probs = jax.random.uniform(jax.random.key(0), (2, 23, 31, 7))
+  counts = jax.random.randint(jax.random.key(1), (2, 23, 31), 1, 4).astype(jnp.float32)
+  predictable = jnp.arange(7) != 3
+  averaged = probs / counts[..., None] if with_counts else probs
+  full = models.resize_bilinear(averaged, (150, 97), align_corners)
+  expected = jnp.argmax(jnp.where(predictable, full, -1.0), -1)
+  got = inference.resize_argmax(
+    probs, (150, 97), align_corners, predictable, counts if with_counts else None, band=16
+  )
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))

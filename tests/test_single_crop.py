@@ -1,14 +1,12 @@
 """Batched single-crop inference follows the official batched_inference_task.py."""
 
 import cv2
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from test_inference import _image, _model
 
 from mseg_jax import single_crop
-from mseg_jax.models.resize import resize_bilinear
 from mseg_jax.normalization import MEAN, STD
 
 
@@ -88,16 +86,6 @@ def test_single_crop_projection_and_unfed_classes():
   labels = single_crop.SingleCropPredictor(model, variables, crop=33, projection=projection)(frames)
   expected = official_labels(model, variables, frames, 33, projection)
   assert np.mean(np.asarray(labels) == expected) > 0.999
-
-
-@pytest.mark.parametrize("align_corners", [True, False])
-def test_banded_resize_argmax_equals_resize_then_argmax(align_corners):
-  probs = jax.random.uniform(jax.random.key(0), (2, 23, 31, 7))
-  predictable = jnp.arange(7) != 3
-  full = resize_bilinear(probs, (150, 97), align_corners)
-  expected = jnp.argmax(jnp.where(predictable, full, -1.0), -1)
-  got = single_crop.resize_argmax(probs, (150, 97), align_corners, predictable, band=16)
-  np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
 
 
 def test_single_crop_rejects_a_single_image():
