@@ -3,6 +3,7 @@
   python benchmarks/bench_inference.py [--model hrnet_w48] [--settings 360:ss]
       [--estimate 720:ss,1080:ss,360:ms,720:ms,1080:ms] [--crop 713] [--batch-size 1]
       [--dtype float32] [--frames 1] [--checkpoint DIR] [--height 1080 --width 1920]
+      [--winograd-min-channels N]
   python benchmarks/bench_inference.py --single-crop N [--crop 473] [--frames 1]
 
 On an accelerator, measure everything: --settings 360:ss,720:ss,1080:ss,360:ms,720:ms,1080:ms
@@ -22,6 +23,8 @@ a clean peak. `--single-crop N` times `single_crop.SingleCropPredictor` instead 
 batched single-crop mode, crop 473 unless --crop): N frames per call, --frames timed calls after
 one warm-up call, frames/s and peak RSS. `benchmarks/bench_torch_hrnet.py --frame` and
 `--single-crop` time the official code on the same frames, to alternate with this script.
+`--winograd-min-channels` sets `hrnet.WINOGRAD_MIN_CHANNELS` (a huge value turns the CPU's
+Winograd convolutions off).
 """
 
 import argparse
@@ -98,7 +101,11 @@ def main() -> None:
   )
   parser.add_argument("--height", type=int, default=1080)
   parser.add_argument("--width", type=int, default=1920)
+  parser.add_argument(
+    "--winograd-min-channels", type=int, default=models.hrnet.WINOGRAD_MIN_CHANNELS
+  )
   args = parser.parse_args()
+  models.hrnet.WINOGRAD_MIN_CHANNELS = args.winograd_min_channels
 
   if args.checkpoint:
     model, variables = models.load_checkpoint(args.checkpoint)

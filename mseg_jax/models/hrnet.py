@@ -20,8 +20,8 @@ from mseg_jax.models.resize import resize_bilinear
 
 STEM_WIDTH = 64
 BOTTLENECK_EXPANSION = 4
-# The train step on CPU computes 3x3 convolutions with at least this many input and output
-# channels as Winograd products (`winograd.py`); below it XLA:CPU's own are faster.
+# On CPU, 3x3 convolutions with at least this many input and output channels run as Winograd
+# products (`winograd.py`), in training and inference; below it XLA:CPU's own are faster.
 WINOGRAD_MIN_CHANNELS = 192
 
 
@@ -216,11 +216,9 @@ def conv_after_gradient(
   the backward divides them by a 1 computed from the gradient first, which moves the copies
   to the backward. The kernel gradient of a stride-1 or 2 convolution is computed as matrix
   products (`_flat_kernel_gradient`) and the input gradient of a stride-2 one from its phases
-  (`_phase_conv`), both faster than XLA:CPU's own; a wide stride-1 3x3 convolution is computed
-  under differentiation, with both gradients, as Winograd products (`_has_winograd`). Same
-  values and gradients, up to float rounding for the Winograd ones; called without
-  differentiation (inference) it is the plain convolution. HRNet and PSPNet use it on CPU
-  (`backend_conv`).
+  (`_phase_conv`), both faster than XLA:CPU's own. A wide stride-1 3x3 convolution is computed,
+  with both gradients, as Winograd products (`_has_winograd`). Same values and gradients, up to
+  float rounding for the Winograd ones. HRNet and PSPNet use it on CPU (`backend_conv`).
   """
   params = (
     tuple(window_strides),
@@ -255,15 +253,19 @@ def _plain_conv(params, lhs, rhs):
   )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _late_conv(params, lhs, rhs):
+def _fast_conv(params, lhs, rhs):
+  if _has_winograd(params, lhs, rhs):
+    return winograd.conv3x3(lhs, rhs)
   return _plain_conv(params, lhs, rhs)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _late_conv(params, lhs, rhs):
+  return _fast_conv(params, lhs, rhs)
+
+
 def _late_conv_fwd(params, lhs, rhs):
-  if _has_winograd(params, lhs, rhs):
-    return winograd.conv3x3(lhs, rhs), (lhs, rhs)
-  return _plain_conv(params, lhs, rhs), (lhs, rhs)
+  return _fast_conv(params, lhs, rhs), (lhs, rhs)
 
 
 def _late_conv_bwd(params, res, g):
@@ -308,8 +310,9 @@ def _has_flat_kernel_gradient(params, kernel_shape) -> bool:
 
 
 def _has_winograd(params, lhs, rhs) -> bool:
-  """Whether `_late_conv` differentiates this convolution as `winograd.conv3x3`: fp32, stride
-  1, 3x3 with padding 1, and at least `WINOGRAD_MIN_CHANNELS` channels in and out."""
+  """Whether `_late_conv` computes this convolution and its gradients as `winograd.conv3x3`:
+  fp32, stride 1, 3x3 with padding 1, and at least `WINOGRAD_MIN_CHANNELS` channels in and
+  out."""
   return (
     _has_flat_kernel_gradient(params, rhs.shape)
     and rhs.shape[0] == 3
