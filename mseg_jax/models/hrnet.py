@@ -254,6 +254,7 @@ def _plain_conv(params, lhs, rhs):
 
 
 def _fast_conv(params, lhs, rhs):
+  """The convolution as Winograd products where `_has_winograd`, else XLA's."""
   if _has_winograd(params, lhs, rhs):
     return winograd.conv3x3(lhs, rhs)
   return _plain_conv(params, lhs, rhs)
