@@ -7,7 +7,8 @@ jitted forward + backward of `conv_after_gradient` as the train step differentia
 with the direct convolution (XLA:CPU's, with our kernel gradient) and once with Winograd
 products (`models/winograd.py`), alternating, under train.py's XLA options. Prints the median
 times, their ratio and the largest relative difference of the results. This is what
-`hrnet.WINOGRAD_MIN_CHANNELS` rests on.
+`hrnet.WINOGRAD_MIN_CHANNELS` rests on (the forward alone, as inference runs it, ranks the
+branches the same way: BENCHMARKS.md, issue 17, eighth pass).
 """
 
 import argparse

@@ -4,8 +4,8 @@ Each 2x2 output tile is A^T [(G w G^T) * (B^T d B)] A, with d the 4x4 input tile
 16 products of (tiles, C) x (C, D), 2.25x fewer multiplications than the direct convolution.
 The gradients are the transposes of the same steps, so they keep that saving. The values
 differ from the direct convolution by float rounding only (about 1e-6 relative in fp32). On
-CPU the train step uses it for HRNet's 3x3 convolutions with 192 or more channels, where it is
-faster than XLA:CPU's (BENCHMARKS.md, issue 17).
+CPU, training and inference use it for HRNet's 3x3 convolutions with 192 or more channels, where
+it is faster than XLA:CPU's (BENCHMARKS.md, issue 17).
 """
 
 import jax
