@@ -48,7 +48,7 @@ def get_config(arg: str = "1080p") -> ml_collections.ConfigDict:
   config.optim = dict(base_lr=0.01, momentum=0.9, weight_decay=1e-4, power=0.9)
   # MGDA (mgda.py; official use_mgda): min-norm weights of the datasets' gradients instead of
   # their mean. normalization: none (official), l2, loss or loss+. tasks_per_pass: datasets
-  # backpropagated at once (0: all; more is faster but needs more memory).
+  # backpropagated at once (0: all; more needs more memory, and is slower on CPU).
   config.mgda = dict(enabled=False, normalization="none", tasks_per_pass=1)
   config.init = dict(kind="imagenet", checkpoint=placeholder(str))  # or "finetune" / "none"
   config.checkpoint = dict(every_steps=5000, keep=2)

@@ -607,8 +607,10 @@ def mgda_value_and_grad(
   per_dataset, vjp, (loss, new_stats, dataset_metrics) = jax.vjp(
     dataset_losses, params, has_aux=True
   )
-  task_grads = jax.lax.map(
-    lambda e: vjp(e)[0], jnp.eye(num, dtype=per_dataset.dtype), batch_size=tasks_per_pass
+  task_grads = jax.lax.map(  # one at a time: a plain loop, not a loop of size-1 vmaps (3% slower)
+    lambda e: vjp(e)[0],
+    jnp.eye(num, dtype=per_dataset.dtype),
+    batch_size=None if tasks_per_pass == 1 else tasks_per_pass,
   )
   pixels = dataset_counts(training_labels(batch, luts), batch["dataset"], num)
   weights = mgda.task_weights(task_grads, per_dataset, pixels > 0, normalization)

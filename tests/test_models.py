@@ -390,6 +390,30 @@ def test_phase_conv_is_the_stride_2_convolution_with_its_input_gradient(kernel, 
   np.testing.assert_allclose(got_vjp(g)[0], vjp(g)[0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("stride, kernel", [(1, 3), (2, 3), (1, 5)])
+def test_conv_after_gradient_backward_in_a_loop_convolves_with_hwio_kernels(stride, kernel):
+  """MGDA's per-dataset backward and micro-batches differentiate inside a loop, where XLA:CPU
+  leaves a transposed-kernel (HWOI) convolution as slow generic code: every convolution of the
+  compiled loop must read its kernel as HWIO, and the gradients stay those of the plain conv."""
+  rng = np.random.default_rng(stride + kernel)
+  x = jnp.asarray(rng.normal(size=(2, 9, 11, 4)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(kernel, kernel, 4, 5)), jnp.float32)
+  padding = [(kernel // 2, kernel // 2)] * 2
+  dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+
+  def gradients(fn, x, w):
+    y, vjp = jax.vjp(lambda x, w: fn(x, w, (stride, stride), padding, dimension_numbers=dn), x, w)
+    cotangents = jnp.stack([jnp.cos(jnp.arange(y.size)), jnp.sin(jnp.arange(y.size))])
+    return jax.lax.map(lambda g: vjp(g.reshape(y.shape)), cotangents)
+
+  late = jax.jit(functools.partial(gradients, conv_after_gradient))
+  hlo = late.lower(x, w).compile(models.compiler_options()).as_text()
+  labels = re.findall(r"convolution\(.*dim_labels=(\S+?),", hlo)
+  assert labels and set(labels) == {"b01f_01io->b01f"}, collections.Counter(labels)
+  for a, b in zip(late(x, w), gradients(jax.lax.conv_general_dilated, x, w), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("mask", [None, (1, 0, 1)])
 def test_batchnorm_hand_written_gradient_equals_autodiff_of_the_formula(mask):
   rng = np.random.default_rng(0)

@@ -283,7 +283,7 @@ def _late_conv_bwd(params, res, g):
         _phase_conv, w=rhs, padding=padding, out_hw=g.shape[1:3], precision=precision
       )
     else:
-      conv = functools.partial(_plain_conv, params, rhs=rhs)
+      conv = functools.partial(_stride1_conv, w=rhs, padding=padding, precision=precision)
     (dlhs,) = jax.vjp(conv, lhs)[1](g)
     drhs = _flat_kernel_gradient(lhs, g, rhs.shape, stride, padding, precision)
     drhs = drhs.astype(rhs.dtype)
@@ -354,16 +354,45 @@ def _phase_conv(x, w, padding, out_hw: tuple[int, int], precision) -> jnp.ndarra
   y = 0
   for a in range(min(k, 2)):
     for b in range(min(k, 2)):
-      part = jax.lax.conv_general_dilated(
-        phases[2 * a + b],
-        w[a::2, b::2],
-        (1, 1),
-        "VALID",
-        precision=precision,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-      )
+      part = _stride1_conv(phases[2 * a + b], w[a::2, b::2], ((0, 0), (0, 0)), precision)
       y = y + part[:, : out_hw[0], : out_hw[1]]
   return y
+
+
+def _hwio_conv(x, w, padding, precision) -> jnp.ndarray:
+  return jax.lax.conv_general_dilated(
+    x, w, (1, 1), padding, precision=precision, dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _stride1_conv(x, w, padding, precision) -> jnp.ndarray:
+  """The stride-1 convolution of `x` (N, H, W, C) by `w` (kh, kw, C, D) with explicit `padding`,
+  whose input gradient XLA:CPU runs as an Eigen convolution inside loops too.
+
+  JAX's input gradient reads the kernel with its in and out axes swapped (HWOI). XLA:CPU's
+  ConvCanonicalization transposes such kernels for Eigen only in the entry computation; in a
+  loop body (MGDA's per-dataset backward, micro-batches) the convolution ran as generic code,
+  several times slower (BENCHMARKS.md, issue 17). Here the backward transposes the flipped
+  kernel itself, so the input gradient is an HWIO convolution wherever it runs. Same values.
+  """
+  return _hwio_conv(x, w, padding, precision)
+
+
+def _stride1_conv_fwd(x, w, padding, precision):
+  return _hwio_conv(x, w, padding, precision), (x, w)
+
+
+def _stride1_conv_bwd(padding, precision, res, g):
+  x, w = res
+  pads = [(k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(w.shape[:2], padding, strict=True)]
+  dx = _hwio_conv(g, jnp.flip(w, (0, 1)).swapaxes(2, 3), pads, precision)
+  # dead code where only dx is asked for, as in `_late_conv_bwd`
+  (dw,) = jax.vjp(lambda w: _hwio_conv(x, w, padding, precision), w)[1](g)
+  return dx, dw
+
+
+_stride1_conv.defvjp(_stride1_conv_fwd, _stride1_conv_bwd)
 
 
 def _flat_kernel_gradient(x, g, kernel_shape, stride, padding, precision) -> jnp.ndarray:
