@@ -254,7 +254,7 @@ def make_plan(
     raise ValueError(
       f"config.init.kind={config.init.kind!r} needs config.init.checkpoint: a "
       "model directory from tools/convert_torch_weights.py (--backbone-only for "
-      "ImageNet HRNet weights), or set --config.init.kind=none"
+      "ImageNet HRNet or ResNet weights), or set --config.init.kind=none"
     )
   validation = config.validation
   if validation.every_steps and not validation.datasets:

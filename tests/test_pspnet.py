@@ -234,7 +234,7 @@ def test_checkpoint_records_the_architecture_and_old_hrnet_checkpoints_load(
   assert isinstance(loaded, models.HRNet) and loaded.config == hrnet.config
 
 
-def test_released_wrapping_is_unwrapped_and_backbone_only_is_refused(state_dict):
+def test_released_wrapping_is_unwrapped(state_dict):
   released = {
     "epoch": 1,
     "state_dict": {f"module.{k}": v for k, v in state_dict.items()}
@@ -243,9 +243,60 @@ def test_released_wrapping_is_unwrapped_and_backbone_only_is_refused(state_dict)
   }
   unwrapped = models.checkpoint_state_dict(released, "psp.pth")
   assert unwrapped.keys() == state_dict.keys() and len(unwrapped) == 370 - 61
-  config = models.infer_config(unwrapped, num_classes=19)
-  with pytest.raises(models.ConversionError, match="psp.pth: backbone-only .* HRNet"):
-    models.backbone_to_variables(unwrapped, config, path="psp.pth")
+
+
+def imagenet_resnet(state_dict):
+  """The official PSPNet's backbone as semseg's ImageNet resnet50_v2.pth names it: the deep
+  stem as conv1/bn1 .. conv3/bn3, layer1-layer4, and the 1000-way classifier fc."""
+  stem = {v: k for k, v in models.convert.RESNET_STEM.items()}
+  resnet = {}
+  for key, value in state_dict.items():
+    if key.startswith(("ppm.", "cls.", "aux.")):
+      continue
+    prefix = key[: len("layer0.0.")]
+    resnet[stem[prefix] + key[len(prefix) :] if prefix in stem else key] = value
+  rng = np.random.default_rng(0)
+  resnet["fc.weight"] = rng.normal(size=(1000, 2048)).astype(np.float32)
+  resnet["fc.bias"] = np.zeros(1000, np.float32)
+  return resnet
+
+
+def test_backbone_only_loads_an_imagenet_deep_stem_resnet_and_a_fresh_head(state_dict):
+  resnet = imagenet_resnet(state_dict)
+  assert "conv3.weight" in resnet and not any(k.startswith("layer0.") for k in resnet)
+  config = models.infer_config(resnet, num_classes=19, path="resnet50_v2.pth")
+  assert config == models.preset("pspnet50", num_classes=19)
+  variables = models.backbone_to_variables(resnet, config, seed=1, path="resnet50_v2.pth")
+  full = models.state_dict_to_variables(state_dict, models.preset("pspnet50"))
+  expected = models.convert.abstract_variables(config)
+  for collection in ("params", "batch_stats"):
+    assert variables[collection].keys() == expected[collection].keys()
+    for name, leaves in variables[collection].items():
+      for leaf, value in leaves.items():
+        assert value.shape == expected[collection][name][leaf].shape, (name, leaf)
+        if not name.startswith(("ppm.", "cls.", "aux.")):
+          np.testing.assert_array_equal(value, full[collection][name][leaf], err_msg=name)
+  np.testing.assert_array_equal(
+    variables["params"]["layer0.6"]["kernel"], resnet["conv3.weight"].transpose(2, 3, 1, 0)
+  )
+  kernel = variables["params"]["cls.0"]["kernel"]  # 3x3, 4096 -> 512: He-normal over fan-out
+  assert abs(kernel.std() / np.sqrt(2 / (9 * 512)) - 1) < 0.01
+  assert 0 < np.abs(variables["params"]["cls.4"]["bias"]).max() <= 1 / np.sqrt(512)
+  np.testing.assert_array_equal(variables["batch_stats"]["ppm.features.0.2"]["var"], np.ones(512))
+
+  # a segmentation PSPNet's backbone loads too; a broken ResNet names what is wrong
+  from_pspnet = models.backbone_to_variables(state_dict, config, seed=1)
+  assert all(
+    np.array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(from_pspnet), jax.tree.leaves(variables), strict=True)
+  )
+  del resnet["bn2.running_var"]
+  resnet["fc2.weight"] = np.zeros(3, np.float32)
+  with pytest.raises(models.ConversionError) as error:
+    models.backbone_to_variables(resnet, config, path="resnet50_v2.pth")
+  assert "resnet50_v2.pth: state_dict does not match PSPNetConfig" in str(error.value)
+  assert "layer0.4.running_var" in str(error.value)
+  assert "unexpected keys (1):\n    fc2.weight" in str(error.value)
 
 
 # --- Training and inference -----------------------------------------------------------------
@@ -271,7 +322,11 @@ def test_lr_multipliers_scale_the_head_updates_as_torch_param_groups():
 def test_pspnet_config_is_mseg_3m_with_the_official_pspnet_parts():
   config = pspnet_config()
   config.data.data_root = "/data"
+  with pytest.raises(ValueError, match="'imagenet' needs config.init.checkpoint"):
+    train.make_plan(config)
+  config.init.checkpoint = "/models/resnet50_imagenet"  # as the official: from ImageNet
   config = train.make_plan(config).to_json()
+  assert config["init"]["kind"] == "imagenet"
   assert config["derived"]["architecture"] == "pspnet"
   assert config["derived"]["model"] == models.preset("pspnet50").to_dict()
   assert config["optim"]["lr_multipliers"] == {"ppm": 10.0, "cls": 10.0, "aux": 10.0}

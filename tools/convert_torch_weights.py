@@ -5,6 +5,8 @@
       --check-input x.npy --check-output y.npy  # verify against PyTorch's logits
   python tools/convert_torch_weights.py --backbone-only \
       --input hrnetv2_w48_imagenet_pretrained.pth --output DIR  # ImageNet init for training
+  python tools/convert_torch_weights.py --backbone-only \
+      --input resnet50_v2.pth --output DIR  # the same for PSPNet-50 (deep-stem ResNet)
 
 The .pth is read without torch (zip and legacy formats; only state_dict globals are allowed).
 The architecture (HRNet, or PSPNet from its `layer0.*` deep stem), its size and the class count
@@ -12,7 +14,9 @@ are inferred from the state_dict, and every key and shape is checked both ways. 
 taxonomy (universal, naive or a dataset name) is recorded: inferred from the class count when
 only one taxonomy has it, else given with --taxonomy (e.g. 21 classes: voc2012,
 bdd-relabeled or cityscapes-19-relabeled). Load the result with
-`mseg_jax.models.load_checkpoint(DIR)`. --backbone-only reads ImageNet HRNet checkpoints.
+`mseg_jax.models.load_checkpoint(DIR)`. --backbone-only reads the ImageNet HRNet or the ImageNet
+deep-stem ResNet (conv1..conv3, layer1..layer4, fc) that the official PSPNet starts from, and
+initializes the segmentation head.
 """
 
 import argparse
@@ -91,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument(
     "--backbone-only",
     action="store_true",
-    help="load an ImageNet HRNet classification checkpoint into the backbone; "
-    "the segmentation head is initialized randomly",
+    help="load an ImageNet HRNet or deep-stem ResNet (PSPNet) classification checkpoint into "
+    "the backbone; the segmentation head is initialized randomly",
   )
   parser.add_argument("--num-classes", type=int, default=194, help="head size (--backbone-only)")
   parser.add_argument("--seed", type=int, default=0, help="head init seed (--backbone-only)")

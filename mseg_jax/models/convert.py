@@ -23,6 +23,18 @@ from mseg_jax.models.hrnet import HRNetConfig
 HEAD_PREFIX = "last_layer."
 # The ImageNet classification HRNet's head (cls_hrnet.py), ignored by --backbone-only.
 CLASSIFIER_PREFIXES = ("incre_modules.", "downsamp_modules.", "final_layer.", "classifier.")
+PSPNET_HEAD_PREFIXES = ("ppm.", "cls.", "aux.")
+# The ImageNet ResNet with the deep stem that the official PSPNet starts from (semseg's
+# resnet50_v2.pth, loaded into resnet.py's ResNet): PSPNet's layer0 is its stem, module by
+# module, and its classifier is `fc`.
+RESNET_STEM = {
+  "conv1.": "layer0.0.",
+  "bn1.": "layer0.1.",
+  "conv2.": "layer0.3.",
+  "bn2.": "layer0.4.",
+  "conv3.": "layer0.6.",
+  "bn3.": "layer0.7.",
+}
 
 
 class ConversionError(ValueError):
@@ -57,6 +69,22 @@ def _num_indices(state_dict: dict[str, Any], pattern: str) -> int:
   return max(found) + 1 if found else 0
 
 
+def _is_imagenet_resnet(state_dict: dict[str, Any]) -> bool:
+  return "conv3.weight" in state_dict and "layer1.0.conv1.weight" in state_dict
+
+
+def _pspnet_names(state_dict: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """An ImageNet deep-stem ResNet's state_dict with PSPNet's names (conv1 -> layer0.0, bn1 ->
+  layer0.1, ...); any other state_dict unchanged."""
+  if not _is_imagenet_resnet(state_dict):
+    return state_dict
+  out = {}
+  for key, value in state_dict.items():
+    stem = next((p for p in RESNET_STEM if key.startswith(p)), None)
+    out[key if stem is None else RESNET_STEM[stem] + key.removeprefix(stem)] = value
+  return out
+
+
 def _infer_pspnet_config(
   state_dict: dict[str, np.ndarray], num_classes: int | None, path: str
 ) -> pspnet.PSPNetConfig:
@@ -70,7 +98,7 @@ def _infer_pspnet_config(
     )
   num_bins = _num_indices(state_dict, r"ppm\.features\.(\d+)\.")
   default = pspnet.PSPNetConfig()
-  if num_bins != len(default.bins):
+  if num_bins not in (0, len(default.bins)):  # 0: an ImageNet ResNet, no PPM
     raise ConversionError(
       f"{path}: {num_bins} PPM branches; the bin sizes are not in a state_dict, only the "
       f"official {default.bins} are known"
@@ -85,10 +113,10 @@ def _infer_pspnet_config(
 def infer_config(
   state_dict: dict[str, np.ndarray], num_classes: int | None = None, path: str = "state_dict"
 ) -> Config:
-  """HRNetConfig or PSPNetConfig (a `layer0.*` deep stem) from key names and shapes; num_classes
-  from `last_layer.3.weight` / `cls.4.weight` unless given."""
-  if any(k.startswith("layer0.") for k in state_dict):
-    return _infer_pspnet_config(state_dict, num_classes, path)
+  """HRNetConfig or PSPNetConfig (a `layer0.*` deep stem, or an ImageNet deep-stem ResNet) from
+  key names and shapes; num_classes from `last_layer.3.weight` / `cls.4.weight` unless given."""
+  if any(k.startswith("layer0.") for k in state_dict) or _is_imagenet_resnet(state_dict):
+    return _infer_pspnet_config(_pspnet_names(state_dict), num_classes, path)
 
   def shape(key):
     if key not in state_dict:
@@ -206,24 +234,27 @@ def state_dict_to_variables(
   return _to_variables(state_dict, config)
 
 
-def _init_head(config: HRNetConfig, seed: int) -> dict[str, Any]:
-  """Fresh `last_layer` variables as the official init_weights makes them.
+def _init_head(config: Config, prefixes: tuple[str, ...], seed: int) -> dict[str, Any]:
+  """Fresh variables for the modules under `prefixes`, as the model initializes them.
 
-  Conv weights N(0, 0.001), conv biases PyTorch's U(+-1/sqrt(fan_in)), BN weight 1, bias 0,
-  running stats 0 and 1. (numpy: jit-compiling `HRNet.init` takes minutes on a 2-core CPU.)
+  Conv weights N(0, 0.001) (the official HRNet init_weights) or, for PSPNet, He-normal over
+  fan-out (ResNet's init, as `PSPNet._conv`); conv biases PyTorch's U(+-1/sqrt(fan_in)); BN
+  weight 1, bias 0, running stats 0 and 1. (numpy: jit-compiling `HRNet.init` takes minutes on a
+  2-core CPU.)
   """
   rng = np.random.default_rng(seed)
   params, batch_stats = {}, {}
   for name, leaves in abstract_variables(config)["params"].items():
-    if not name.startswith(HEAD_PREFIX):
+    if not name.startswith(prefixes):
       continue
     if "kernel" in leaves:
       shape = leaves["kernel"].shape
-      bound = 1 / np.sqrt(np.prod(shape[:3]))
-      params[name] = {
-        "kernel": rng.normal(0, 0.001, shape).astype(np.float32),
-        "bias": rng.uniform(-bound, bound, shape[3]).astype(np.float32),
-      }
+      fan_out = shape[0] * shape[1] * shape[3]
+      std = 0.001 if isinstance(config, HRNetConfig) else np.sqrt(2 / fan_out)
+      params[name] = {"kernel": rng.normal(0, std, shape).astype(np.float32)}
+      if "bias" in leaves:
+        bound = 1 / np.sqrt(np.prod(shape[:3]))
+        params[name]["bias"] = rng.uniform(-bound, bound, shape[3]).astype(np.float32)
     else:
       (c,) = leaves["scale"].shape
       params[name] = {"scale": np.ones(c, np.float32), "bias": np.zeros(c, np.float32)}
@@ -232,22 +263,26 @@ def _init_head(config: HRNetConfig, seed: int) -> dict[str, Any]:
 
 
 def backbone_to_variables(
-  state_dict: dict[str, np.ndarray], config: HRNetConfig, seed: int = 0, path: str = "state_dict"
+  state_dict: dict[str, np.ndarray], config: Config, seed: int = 0, path: str = "state_dict"
 ) -> dict[str, Any]:
-  """Loads an ImageNet HRNet checkpoint into the backbone; `last_layer` is freshly initialized.
+  """Loads an ImageNet checkpoint into the backbone; the segmentation head is fresh (`_init_head`).
 
-  The classification head (incre_modules, downsamp_modules, final_layer, classifier) and any
-  last_layer keys are ignored; every backbone key is checked as in state_dict_to_variables.
+  HRNet: the ImageNet HRNet, whose classification head (incre_modules, downsamp_modules,
+  final_layer, classifier) and any last_layer keys are ignored. PSPNet: the ImageNet ResNet with
+  the deep stem that the official PSPNet loads (its stem renamed to layer0, `fc` ignored), or
+  a PSPNet's own layer0-layer4; ppm, cls and aux are fresh. Every backbone key is checked as in
+  state_dict_to_variables.
   """
-  if not isinstance(config, HRNetConfig):
-    raise ConversionError(f"{path}: backbone-only loading reads ImageNet HRNet checkpoints only")
-  ignored = CLASSIFIER_PREFIXES + (HEAD_PREFIX,)
-  backbone = {k: v for k, v in state_dict.items() if not k.startswith(ignored)}
-  expected = {k: s for k, s in torch_shapes(config).items() if not k.startswith(HEAD_PREFIX)}
+  if isinstance(config, HRNetConfig):
+    head, ignored = (HEAD_PREFIX,), CLASSIFIER_PREFIXES
+  else:
+    state_dict, head, ignored = _pspnet_names(state_dict), PSPNET_HEAD_PREFIXES, ("fc.",)
+  backbone = {k: v for k, v in state_dict.items() if not k.startswith(head + ignored)}
+  expected = {k: s for k, s in torch_shapes(config).items() if not k.startswith(head)}
   _check(backbone, expected, config, path)
   variables = _to_variables(backbone, config)
-  head = _init_head(config, seed)
-  return {c: variables[c] | head[c] for c in variables}
+  fresh = _init_head(config, head, seed)
+  return {c: variables[c] | fresh[c] for c in variables}
 
 
 def variables_to_state_dict(variables: dict[str, Any]) -> OrderedDict:
