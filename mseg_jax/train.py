@@ -786,20 +786,20 @@ class ResumeMismatch(ValueError):
   """The checkpoint to resume was trained with a config that computes differently."""
 
 
-def check_resume(manager: ocp.CheckpointManager, step: int, plan: Plan) -> None:
-  """Raises ResumeMismatch listing the math-changing differences between the checkpoint's plan
-  and `plan`, unless `config.resume_despite_changes`."""
+def check_resume(manager: ocp.CheckpointManager, step: int, plan: Plan) -> dict | None:
+  """The checkpoint's plan (JSON; None if it records none). Raises ResumeMismatch listing the
+  math-changing differences between it and `plan`, unless `config.resume_despite_changes`."""
   if "plan" not in manager.item_metadata(step):
     note(f"Checkpoint {step} records no config; resuming unchecked")
-    return
+    return None
   saved = manager.restore(step, args=ocp.args.Composite(plan=ocp.args.JsonRestore()))["plan"]
   changes = config_changes(saved, plan.to_json())
   if not changes:
-    return
+    return saved
   lines = "\n  ".join(changes)
   if plan.config.resume_despite_changes:
     note(f"Resuming step {step} despite config changes (checkpoint -> now):\n  {lines}")
-    return
+    return saved
   raise ResumeMismatch(
     f"{manager.directory} (step {step}) was trained with another config; changes "
     f"(checkpoint -> now):\n  {lines}\nUse a new --workdir, or go on anyway with "
@@ -954,6 +954,24 @@ def train(plan: Plan, workdir: str | Path) -> tuple[models.HRNet, dict] | None:
   jax.set_mesh(mesh)
   replicated, data_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
 
+  rng = jax.random.key(config.seed)
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=config.checkpoint.keep, create=True, enable_async_checkpointing=True
+  )
+  manager = ocp.CheckpointManager((workdir / "checkpoints").absolute(), options=options)
+  latest = manager.latest_step()
+  saved = None if latest is None else check_resume(manager, latest, plan)
+  # grain saves each process's iterator position: with another process count the data order
+  # starts over, from a seed of its own
+  new_order = saved is not None and saved["derived"]["processes"] != plan.processes
+  data_seed = config.seed
+  if new_order:
+    data_seed = int(np.random.SeedSequence([config.seed, latest]).generate_state(1)[0])
+    note(
+      f"Checkpoint {latest} was written by {saved['derived']['processes']} processes, this run "
+      f"has {plan.processes}: the model and optimizer resume, the data order starts over (a "
+      "new shuffle)"
+    )
   dataset = batching.train_dataset(
     plan.datasets,
     plan.shares,
@@ -961,7 +979,7 @@ def train(plan: Plan, workdir: str | Path) -> tuple[models.HRNet, dict] | None:
     roots=config.data.roots.to_dict() or None,
     crop_size=config.data.crop_size,
     short_size=config.data.short_size,
-    seed=config.seed,
+    seed=data_seed,
     num_workers=config.data.num_workers,
     process_index=jax.process_index(),
     process_count=jax.process_count(),
@@ -970,15 +988,6 @@ def train(plan: Plan, workdir: str | Path) -> tuple[models.HRNet, dict] | None:
     rotate_range=tuple(config.data.rotate_range),
   )
   data_iter = iter(dataset)
-
-  rng = jax.random.key(config.seed)
-  options = ocp.CheckpointManagerOptions(
-    max_to_keep=config.checkpoint.keep, create=True, enable_async_checkpointing=True
-  )
-  manager = ocp.CheckpointManager((workdir / "checkpoints").absolute(), options=options)
-  latest = manager.latest_step()
-  if latest is not None:
-    check_resume(manager, latest, plan)
   if primary:
     (workdir / "config.json").write_text(json.dumps(plan.to_json(), indent=2) + "\n")
   if latest is None:
@@ -990,14 +999,10 @@ def train(plan: Plan, workdir: str | Path) -> tuple[models.HRNet, dict] | None:
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
       jax.eval_shape(functools.partial(init_state, model, tx), rng),
     )
-    restored = manager.restore(
-      latest,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract),
-        data_iter=grain.checkpoint.CheckpointRestore(data_iter),
-      ),
-    )
-    state = restored["state"]
+    items = {"state": ocp.args.StandardRestore(abstract)}
+    if not new_order:
+      items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+    state = manager.restore(latest, args=ocp.args.Composite(**items))["state"]
     note(f"Resumed from {manager.directory} at step {latest}")
 
   mgda_options = None

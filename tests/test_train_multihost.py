@@ -7,6 +7,7 @@ stop and resume together on SIGTERM. Tiny HRNet, tiny crops, a few steps.
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -172,3 +173,32 @@ def test_sigterm_stops_both_processes_and_they_resume_exactly(two_processes, env
   resumed, uninterrupted = _variables(tmp_path), _variables(workdir)
   for key in uninterrupted:
     np.testing.assert_array_equal(resumed[key], uninterrupted[key], err_msg=key)
+
+
+def test_a_checkpoint_of_two_processes_resumes_in_one_with_a_new_data_order(
+  two_processes, env, tmp_path
+):
+  """grain saves each process's iterator position, which one process cannot take up: the model
+  and optimizer resume exactly, the data order starts over from a new shuffle, and the note
+  says so."""
+  workdir, data_root = two_processes
+  shutil.copytree(workdir / "checkpoints", tmp_path / "checkpoints")  # step STEPS, 2 processes
+  one = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+
+  def resume(total_steps: int, *overrides: str) -> str:
+    command = _command(tmp_path, data_root, f"--config.total_steps={total_steps}", *overrides)
+    proc = subprocess.run(
+      command, cwd=REPO, env=one, capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    output = proc.stdout + proc.stderr
+    assert f"Checkpoint {STEPS} was written by 2 processes, this run has 1" in output
+    assert f"Resumed from {tmp_path / 'checkpoints'} at step {STEPS}" in output
+    return output
+
+  resume(STEPS)  # nothing left to train: the model is the restored state
+  restored, saved = _variables(tmp_path), _variables(workdir)
+  for key in saved:
+    np.testing.assert_array_equal(restored[key], saved[key], err_msg=key)
+  resume(STEPS + 1, "--config.resume_despite_changes=True")  # the lr schedule's length
+  assert [m["step"] for m in _metrics(tmp_path)] == [STEPS + 1]
