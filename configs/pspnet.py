@@ -5,7 +5,7 @@ recipe of configs/mseg_3m.py (datasets, crops, batch, steps, SGD, poly lr) with 
 of the official code: `PSPNet(layers=50, zoom_factor=8)`, the aux loss with `aux_weight` 0.4
 (the yamls' value) and `get_optimizer`'s 10x lr for ppm, cls and aux. Like the official PSPNet it
 starts from the ImageNet ResNet-50 with the deep stem: `--config.init.checkpoint=DIR` from
-`tools/convert_torch_weights.py --backbone-only --input resnet50_v2.pth --output DIR`
+`tools/convert_torch_weights.py --backbone-only --input resnet50_v2.pth --output-dir DIR`
 (`--config.init.kind=none`: random init).
 """
 

@@ -5,7 +5,7 @@
       [--relabeled] [--lists-dir mseg-api/mseg/dataset_lists] [--roots NAME=PATH,...] \
       [--index-start I --index-step N]
   python -m mseg_jax.evaluate --predictions DIR --datasets camvid-11 --data-root ROOT  # no model
-  python -m mseg_jax.evaluate --merge --out-dir OUT
+  python -m mseg_jax.evaluate --merge --output-dir OUT
 
 Regimes: see mseg_jax/regimes.py. The model's taxonomy (recorded in its checkpoint) must be the
 regime's: universal for zero_shot and training, naive for naive, the dataset's own for oracle.
@@ -755,7 +755,7 @@ def main(argv: list[str] | None = None) -> None:
     "--predictions",
     metavar="DIR",
     help="score the label maps saved as DIR/<stem>.png (one dataset and base size; needs "
-    "--out-dir) instead of running a model",
+    "--output-dir) instead of running a model",
   )
   parser.add_argument("--datasets", help="comma-separated dataset names")
   parser.add_argument("--data-root", help="root of the mseg_dataset folders")
@@ -788,7 +788,7 @@ def main(argv: list[str] | None = None) -> None:
     help="read <lists dir>/<dataset>/list/val.txt (default: <data root>/dataset_lists; "
     "or mseg-api's mseg/dataset_lists)",
   )
-  parser.add_argument("--out-dir", help="default: <checkpoint>/eval")
+  parser.add_argument("--output-dir", help="default: <checkpoint>/eval")
   parser.add_argument(
     "--batch-size",
     type=int,
@@ -809,8 +809,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument(
     "--merge",
     action="store_true",
-    help="sum the confusion matrices of the --index-start/--index-step jobs under --out-dir "
-    "into their evaluations' results and write the tables (needs only --out-dir)",
+    help="sum the confusion matrices of the --index-start/--index-step jobs under --output-dir "
+    "into their evaluations' results and write the tables (needs only --output-dir)",
   )
   parser.add_argument("--save-predictions", action="store_true", help="gray/<stem>.png")
   parser.add_argument("--save-overlays", action="store_true", help="overlay/<stem>.jpg")
@@ -832,9 +832,9 @@ def main(argv: list[str] | None = None) -> None:
   args = parser.parse_args(argv)
 
   if args.merge:
-    if not args.out_dir:
-      parser.error("--merge needs --out-dir")
-    out_dir = Path(args.out_dir)
+    if not args.output_dir:
+      parser.error("--merge needs --output-dir")
+    out_dir = Path(args.output_dir)
     for run_dir in sorted({p.parent for p in out_dir.glob("*/*/*/part_*")}):
       result = merge(run_dir)
       print(f"{run_dir.relative_to(out_dir)}: merged, mIoU {100 * result['miou']:.2f}")
@@ -846,8 +846,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.error(f"the following arguments are required: {', '.join(missing)}")
   datasets = args.datasets.split(",")
   if args.predictions is not None:
-    if not args.out_dir:
-      parser.error("--predictions needs --out-dir")
+    if not args.output_dir:
+      parser.error("--predictions needs --output-dir")
     if len(datasets) != 1 or len(args.base_size) != 1:
       parser.error("--predictions scores one dataset at one base size")
     if args.save_probabilities:
@@ -867,7 +867,7 @@ def main(argv: list[str] | None = None) -> None:
         f"note: {args.checkpoint} records no taxonomy and its class count is ambiguous; "
         "checking the class count only"
       )
-  out_dir = Path(args.out_dir) if args.out_dir else Path(args.checkpoint) / "eval"
+  out_dir = Path(args.output_dir) if args.output_dir else Path(args.checkpoint) / "eval"
   batch_size = args.batch_size or (1 if jax.default_backend() == "cpu" else 8)
   run_name = args.scales + ("_relabeled" if args.relabeled else "")
   shares = False
@@ -927,7 +927,8 @@ def main(argv: list[str] | None = None) -> None:
     return
   if shares:
     print(
-      f"One job's share; when all are done: python -m mseg_jax.evaluate --merge --out-dir {out_dir}"
+      "One job's share; when all are done: "
+      f"python -m mseg_jax.evaluate --merge --output-dir {out_dir}"
     )
   else:
     print(write_report(collect(out_dir), out_dir).split("\n## Per-class")[0])

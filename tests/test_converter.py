@@ -184,7 +184,7 @@ def test_cli_converts_and_checks_against_pytorch_logits(tmp_path, capsys, state_
   args = [
     "--input",
     str(shared_path("golden", "hrnet_small_random.pth")),
-    "--output",
+    "--output-dir",
     str(out),
     "--check-input",
     str(shared_path("golden", "input_65x65.npy")),
@@ -211,7 +211,7 @@ def test_cli_backbone_only_reinitializes_the_head(tmp_path, state_dict):
   out = tmp_path / "backbone"
   path = shared_path("golden", "hrnet_small_random.pth")
   load_tool().main(
-    ["--input", str(path), "--output", str(out), "--backbone-only", "--num-classes", "11"]
+    ["--input", str(path), "--output-dir", str(out), "--backbone-only", "--num-classes", "11"]
   )
   model, variables = models.load_checkpoint(out)
   assert model.config == models.preset("small", num_classes=11)

@@ -91,7 +91,7 @@ def test_cli_prints_table_and_matches_official_numpy(data_root, checkpoint, tmp_
       "80",
       "--crop",
       "65",
-      "--out-dir",
+      "--output-dir",
       str(out),
       "--save-predictions",
       "--save-overlays",
@@ -271,7 +271,7 @@ def test_relabeled_cli_rewards_and_penalizes_with_lists_read_in_place(
       "65",
       "--batch-size",
       "2",
-      "--out-dir",
+      "--output-dir",
       str(out),
       "--save-predictions",
     ]
@@ -349,7 +349,7 @@ def test_saved_predictions_score_as_the_model_did_and_results_txt_is_official(
       str(data_root),
       "--base-size",
       "64",
-      "--out-dir",
+      "--output-dir",
       str(out),
       "--model-name",
       "saved",
@@ -413,7 +413,7 @@ def test_sigterm_saves_progress_like_ctrl_c(data_root, checkpoint, tmp_path, mon
         "65",
         "--batch-size",
         "2",
-        "--out-dir",
+        "--output-dir",
         str(out),
       ]
     )
@@ -442,7 +442,7 @@ def test_naive_checkpoint_in_the_official_format_converts_and_evaluates_zero_sho
   converted = tmp_path / "naive"
   tool = [sys.executable, str(REPO / "tools" / "convert_torch_weights.py")]
   proc = subprocess.run(
-    [*tool, "--input", str(pth), "--output", str(converted)], capture_output=True, text=True
+    [*tool, "--input", str(pth), "--output-dir", str(converted)], capture_output=True, text=True
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   converted_model, converted_variables = models.load_checkpoint(converted)
@@ -453,7 +453,7 @@ def test_naive_checkpoint_in_the_official_format_converts_and_evaluates_zero_sho
   out = tmp_path / "eval"
   args = ["--checkpoint", str(converted), "--datasets", "camvid-11", "--data-root", str(data_root)]
   args += ["--regime", "naive", "--base-size", "64", "--crop", "65", "--batch-size", "2"]
-  evaluate.main([*args, "--out-dir", str(out), "--save-predictions"])
+  evaluate.main([*args, "--output-dir", str(out), "--save-predictions"])
   assert "| naive | naive | ss |" in capsys.readouterr().out
   r = json.loads((out / "camvid-11" / "64" / "ss" / "results.json").read_text())
   gray = out / "camvid-11" / "64" / "ss" / "gray"

@@ -71,7 +71,7 @@ def runs(tmp_path_factory):
   common = [
     sys.executable, "-m", "mseg_jax.evaluate", "--checkpoint", str(checkpoint),
     "--datasets", "camvid-11", "--data-root", str(data_root), "--base-size", "64",
-    "--crop", "65", "--batch-size", "2", "--out-dir", str(tmp / "eval"), "--save-predictions",
+    "--crop", "65", "--batch-size", "2", "--output-dir", str(tmp / "eval"), "--save-predictions",
     "--coordinator-address", f"127.0.0.1:{free_port()}", "--num-processes", "2",
   ]  # fmt: skip
   env = dict(

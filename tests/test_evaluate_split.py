@@ -33,7 +33,8 @@ def whole(data_root, checkpoint, tmp_path_factory):
   """(results.json, confusion matrix) of one job over the whole list."""
   out = tmp_path_factory.mktemp("whole")
   evaluate.main(
-    ["--checkpoint", str(checkpoint), "--data-root", str(data_root), "--out-dir", str(out)] + ARGS
+    ["--checkpoint", str(checkpoint), "--data-root", str(data_root), "--output-dir", str(out)]
+    + ARGS
   )
   run_dir = out / "camvid-11" / "64" / "ss"
   return json.loads((run_dir / "results.json").read_text()), np.load(run_dir / "confusion.npy")
@@ -42,7 +43,7 @@ def whole(data_root, checkpoint, tmp_path_factory):
 def evaluate_shares(data_root, checkpoint, out, shares, *extra):
   for start, step in shares:
     evaluate.main(
-      ["--checkpoint", str(checkpoint), "--data-root", str(data_root), "--out-dir", str(out)]
+      ["--checkpoint", str(checkpoint), "--data-root", str(data_root), "--output-dir", str(out)]
       + ARGS
       + ["--index-start", str(start), "--index-step", str(step), *extra]
     )
@@ -54,8 +55,8 @@ def test_merged_shares_equal_one_job_over_the_list(data_root, checkpoint, whole,
   run_dir = out / "camvid-11" / "64" / "ss"
   assert sorted(p.name for p in run_dir.iterdir()) == ["part_0-2", "part_2-4", "part_4-5"]
   assert not (out / "results.md").exists()  # a share is not a result
-  assert "--merge --out-dir" in capsys.readouterr().out
-  evaluate.main(["--merge", "--out-dir", str(out)])
+  assert "--merge --output-dir" in capsys.readouterr().out
+  evaluate.main(["--merge", "--output-dir", str(out)])
   assert "| tiny | zero_shot | ss |" in capsys.readouterr().out
   result, confusion = whole
   assert json.loads((run_dir / "results.json").read_text()) == result

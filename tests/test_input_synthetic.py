@@ -134,7 +134,7 @@ def test_deterministic_for_a_seed(data_root, tmp_path):
 def test_cli(tmp_path, capsys):
   synthetic.main(
     [
-      "--out",
+      "--output-dir",
       str(tmp_path),
       "--num-train",
       "1",

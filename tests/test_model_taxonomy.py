@@ -59,20 +59,20 @@ def test_converter_infers_an_unambiguous_taxonomy_and_asks_otherwise(tmp_path, c
   tool = load_tool()
   path = str(shared_path("golden", "hrnet_small_random.pth"))
   args = ["--input", path, "--backbone-only"]
-  assert tool.main([*args, "--output", str(tmp_path / "a"), "--num-classes", "11"]) == 0
+  assert tool.main([*args, "--output-dir", str(tmp_path / "a"), "--num-classes", "11"]) == 0
   assert "taxonomy: camvid-11 (the only one with 11 classes)" in capsys.readouterr().out
   assert models.checkpoint_info(tmp_path / "a").taxonomy == "camvid-11"
   with pytest.raises(SystemExit):
-    tool.main([*args, "--output", str(tmp_path / "b"), "--num-classes", "21"])
+    tool.main([*args, "--output-dir", str(tmp_path / "b"), "--num-classes", "21"])
   assert "could be any of" in capsys.readouterr().err
   with pytest.raises(SystemExit):
     tool.main(
-      [*args, "--output", str(tmp_path / "b"), "--num-classes", "21", "--taxonomy", "camvid-11"]
+      [*args, "--output-dir", str(tmp_path / "b"), "--num-classes", "21", "--taxonomy", "camvid-11"]
     )
   assert "a camvid-11 model has 11 classes, this one 21" in capsys.readouterr().err
   assert not (tmp_path / "b").exists()
   tool.main(
-    [*args, "--output", str(tmp_path / "b"), "--num-classes", "21", "--taxonomy", "voc2012"]
+    [*args, "--output-dir", str(tmp_path / "b"), "--num-classes", "21", "--taxonomy", "voc2012"]
   )
   assert models.checkpoint_info(tmp_path / "b").taxonomy == "voc2012"
 

@@ -267,12 +267,14 @@ def test_tool_writes_taxonomy_json(mseg_api, tmp_path, capsys):
   )
   tool = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(tool)
-  assert tool.main(["--mseg-api", str(mseg_api), "--out", str(tmp_path)]) == 0
+  assert tool.main(["--mseg-api", str(mseg_api), "--output-dir", str(tmp_path)]) == 0
   assert (tmp_path / "taxonomy.json").read_text() == tx.DATA_FILE.read_text()
   assert "194 universal classes" in capsys.readouterr().out
   bad = tmp_path / "bad.tsv"
   bad.write_text("universal\tnot-a-dataset\nroad\troad\n")
-  assert tool.main(["--mseg-api", str(mseg_api), "--tsv", str(bad), "--out", str(tmp_path)]) == 1
+  assert (
+    tool.main(["--mseg-api", str(mseg_api), "--tsv", str(bad), "--output-dir", str(tmp_path)]) == 1
+  )
   assert "unknown dataset 'not-a-dataset'" in capsys.readouterr().err
 
 

@@ -1,12 +1,12 @@
 """Converts an official MSeg HRNet or PSPNet PyTorch checkpoint (.pth) to the mseg_jax format.
 
-  python tools/convert_torch_weights.py --input mseg-3m.pth --output DIR
-  python tools/convert_torch_weights.py --input mseg-3m.pth --output DIR \
+  python tools/convert_torch_weights.py --input mseg-3m.pth --output-dir DIR
+  python tools/convert_torch_weights.py --input mseg-3m.pth --output-dir DIR \
       --check-input x.npy --check-output y.npy  # verify against PyTorch's logits
   python tools/convert_torch_weights.py --backbone-only \
-      --input hrnetv2_w48_imagenet_pretrained.pth --output DIR  # ImageNet init for training
+      --input hrnetv2_w48_imagenet_pretrained.pth --output-dir DIR  # ImageNet init for training
   python tools/convert_torch_weights.py --backbone-only \
-      --input resnet50_v2.pth --output DIR  # the same for PSPNet-50 (deep-stem ResNet)
+      --input resnet50_v2.pth --output-dir DIR  # the same for PSPNet-50 (deep-stem ResNet)
 
 The .pth is read without torch (zip and legacy formats; only state_dict globals are allowed).
 The architecture (HRNet, or PSPNet from its `layer0.*` deep stem), its size and the class count
@@ -91,7 +91,7 @@ def check(directory: Path, input_npy: Path, output_npy: Path) -> tuple[float, fl
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--input", type=Path, required=True, help="PyTorch .pth checkpoint")
-  parser.add_argument("--output", type=Path, required=True, help="output checkpoint directory")
+  parser.add_argument("--output-dir", type=Path, required=True, help="output checkpoint directory")
   parser.add_argument(
     "--backbone-only",
     action="store_true",
@@ -118,15 +118,15 @@ def main(argv: list[str] | None = None) -> int:
 
   try:
     config, taxonomy = convert(
-      args.input, args.output, args.backbone_only, args.num_classes, args.seed, args.taxonomy
+      args.input, args.output_dir, args.backbone_only, args.num_classes, args.seed, args.taxonomy
     )
   except ValueError as e:
     parser.error(str(e))
   chosen = "given" if args.taxonomy else f"the only one with {config.num_classes} classes"
-  print(f"wrote {args.output}: {config}\ntaxonomy: {taxonomy} ({chosen})")
+  print(f"wrote {args.output_dir}: {config}\ntaxonomy: {taxonomy} ({chosen})")
   if args.check_input is None:
     return 0
-  rel, agreement = check(args.output, args.check_input, args.check_output)
+  rel, agreement = check(args.output_dir, args.check_input, args.check_output)
   ok = rel <= args.rtol
   print(
     f"check: max|diff|/max|ref| = {rel:.3g} (rtol {args.rtol:g}), "

@@ -29,13 +29,13 @@ def segments_text(relabeled_data: Path, files: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--mseg-api", required=True, help="mseg-api checkout (mseg/ inside)")
-  parser.add_argument("--out", default=str(relabel.SEGMENTS_FILE))
+  parser.add_argument("--output", default=str(relabel.SEGMENTS_FILE))
   args = parser.parse_args(argv)
   rows = relabel.RECORDS_FILE.read_text(encoding="utf-8").splitlines()[1:]
   files = [row.split("\t")[4] for row in rows]
   text = segments_text(Path(args.mseg_api) / "mseg" / "relabeled_data", files)
-  Path(args.out).write_bytes(gzip.compress(text.encode("utf-8"), compresslevel=9, mtime=0))
-  print(f"{args.out}: {len(files)} records, {text.count(chr(10)) - len(files)} segments")
+  Path(args.output).write_bytes(gzip.compress(text.encode("utf-8"), compresslevel=9, mtime=0))
+  print(f"{args.output}: {len(files)} records, {text.count(chr(10)) - len(files)} segments")
   return 0
 
 

@@ -1,9 +1,9 @@
 """Builds mseg_jax/taxonomy/data/taxonomy.json from mseg-api's taxonomy files.
 
   python tools/import_mseg_taxonomy.py --mseg-api ../shared/reference/mseg-api \
-      --out mseg_jax/taxonomy/data
+      --output-dir mseg_jax/taxonomy/data
   # a custom universal taxonomy (same columns/cell syntax as MSeg_master.tsv):
-  python tools/import_mseg_taxonomy.py --mseg-api DIR --tsv my_master.tsv --out my_taxonomy
+  python tools/import_mseg_taxonomy.py --mseg-api DIR --tsv my_master.tsv --output-dir my_taxonomy
   # then use it with MSEG_JAX_TAXONOMY=my_taxonomy/taxonomy.json
 """
 
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--mseg-api", required=True, help="mseg-api checkout (mseg/ inside)")
   parser.add_argument("--tsv", help="master TSV (default: mseg-api's MSeg_master.tsv)")
-  parser.add_argument("--out", required=True, help="output folder for taxonomy.json")
+  parser.add_argument("--output-dir", required=True, help="output folder for taxonomy.json")
   parser.add_argument(
     "--unrelabeled-train",
     type=_names,
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
   except importer.TaxonomyError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  out = importer.write_taxonomy(data, args.out)
+  out = importer.write_taxonomy(data, args.output_dir)
   print(
     f"{len(data['universal'])} universal classes, {len(data['classes'])} dataset taxonomies, "
     f"{len(data['pairwise'])} pairwise remaps, {len(data['naive'])} naive classes -> {out}"

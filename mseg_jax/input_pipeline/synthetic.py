@@ -8,7 +8,7 @@ classes and written in each dataset's OWN ids through the inverse of its univers
 (colour + pattern) in every dataset, so a model trained on the three training datasets can
 segment camvid-11 zero-shot.
 
-  python -m mseg_jax.input_pipeline.synthetic --out /tmp/mseg_synth
+  python -m mseg_jax.input_pipeline.synthetic --output-dir /tmp/mseg_synth
 """
 
 import argparse
@@ -281,7 +281,9 @@ def write_synthetic(
 
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--out", required=True, help="output folder (then use it as --data-root)")
+  parser.add_argument(
+    "--output-dir", required=True, help="output folder (then use it as --data-root)"
+  )
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--num-train", type=int, default=24)
   parser.add_argument("--num-val", type=int, default=8)
@@ -289,8 +291,9 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--height", type=int, default=128)
   parser.add_argument("--width", type=int, default=160)
   args = parser.parse_args(argv)
+  size = (args.height, args.width)
   out = write_synthetic(
-    args.out, args.seed, args.num_train, args.num_val, args.num_test, (args.height, args.width)
+    args.output_dir, args.seed, args.num_train, args.num_val, args.num_test, size
   )
   print(f"wrote {', '.join(SYNTHETIC_TRAIN_DATASETS + SYNTHETIC_TEST_DATASETS)} under {out}")
 
