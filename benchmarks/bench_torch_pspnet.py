@@ -3,16 +3,23 @@
   pip install torch==2.13.0   # CPU build; torch is not a dependency of mseg-jax
   python benchmarks/bench_torch_pspnet.py --sizes 473 713 --threads 2
   python benchmarks/bench_model.py --preset pspnet50 --sizes 473 713   # ours, alternated
+  python benchmarks/bench_torch_pspnet.py --train --sizes 473 --batch 2          # training step
+  python benchmarks/bench_train.py --preset pspnet50 --crop 473 --batch 2        # ours, alternated
 
 CPU timings on a shared machine drift by 10-30% within minutes, so compare the two scripts
 run alternately, not against numbers taken at another time. The network is the official
 `pspnet.py` + `resnet.py` architecture as ../shared/golden/README.md specifies it (eval mode,
 BN kept as a module, random weights: time does not depend on them; the aux head exists but
 the eval forward skips it), with the official state_dict keys; its parameter count is checked
-against the official PSPNet-50's 49,214,788.
+against the official PSPNet-50's 49,214,788. `--train` times the official training step
+instead: train-mode forward (BN batch statistics, Dropout2d) with the aux head, cross entropy
+with ignore 255 at full resolution on both outputs (main + 0.4 x aux), backward and SGD
+(momentum 0.9, weight decay 1e-4), and prints the process's peak RSS (run one mode per process
+for a clean peak).
 """
 
 import argparse
+import resource
 import statistics
 import time
 
@@ -86,13 +93,39 @@ class PSPNet(nn.Module):
   def forward(self, x):
     size = x.shape[-2:]
     assert (size[0] - 1) % 8 == 0 and (size[1] - 1) % 8 == 0
-    x = self.layer4(self.layer3(self.layer2(self.layer1(self.layer0(x)))))
+    layer3 = self.layer3(self.layer2(self.layer1(self.layer0(x))))
+    x = self.layer4(layer3)
     eighth = x.shape[-2:]
     pooled = [
       F.interpolate(f(x), eighth, mode="bilinear", align_corners=True) for f in self.ppm.features
     ]
-    x = self.cls(torch.cat([x, *pooled], 1))
-    return F.interpolate(x, size, mode="bilinear", align_corners=True)
+    x = F.interpolate(
+      self.cls(torch.cat([x, *pooled], 1)), size, mode="bilinear", align_corners=True
+    )
+    if not self.training:
+      return x
+    return x, F.interpolate(self.aux(layer3), size, mode="bilinear", align_corners=True)
+
+
+def time_train_step(model: nn.Module, size: int, batch: int, repeats: int) -> list[float]:
+  """Seconds per official SGD step (main + 0.4 x aux loss) on random images and labels."""
+  model.train()
+  optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+  criterion = nn.CrossEntropyLoss(ignore_index=255)
+  x = torch.randn(batch, 3, size, size)
+  target = torch.randint(0, 194, (batch, size, size))
+  target[:, :8] = 255
+  times = []
+  for i in range(repeats + 1):  # the first step warms up
+    start = time.perf_counter()
+    main, aux = model(x)
+    loss = criterion(main, target) + 0.4 * criterion(aux, target)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    if i:
+      times.append(time.perf_counter() - start)
+  return times
 
 
 def main() -> None:
@@ -100,12 +133,26 @@ def main() -> None:
   parser.add_argument("--sizes", type=int, nargs="+", default=[473, 713])
   parser.add_argument("--threads", type=int, default=2)
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--train", action="store_true", help="time the training step")
+  parser.add_argument("--batch", type=int, default=2, help="training batch (--train)")
   args = parser.parse_args()
   torch.set_num_threads(args.threads)
   model = PSPNet().eval()
   params = sum(p.numel() for p in model.parameters())
   if params != OFFICIAL_PARAMS:
     raise SystemExit(f"{params} parameters, the official PSPNet-50 has {OFFICIAL_PARAMS}")
+  if args.train:
+    print(
+      f"torch {torch.__version__}, {args.threads} threads, PSPNet-50 ({params:,} params), "
+      f"fp32, training step (forward, main + aux loss, backward, SGD), batch {args.batch}"
+    )
+    for size in args.sizes:
+      times = time_train_step(model, size, args.batch, args.repeats)
+      print(
+        f"{size}x{size}: median {statistics.median(times):.3f} s, min {min(times):.3f} s, "
+        f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
+      )
+    return
   print(
     f"torch {torch.__version__}, {args.threads} threads, PSPNet-50 ({params:,} params), "
     "fp32, batch 1, eval, no_grad"

@@ -1,4 +1,5 @@
-"""Train-step throughput, memory and host time of HRNet (W48 by default) on the local devices.
+"""Train-step throughput, memory and host time of a model (HRNet-W48 by default) on the local
+devices.
 
   python benchmarks/bench_train.py --crop 473 --batch 2 --dtype float32 [--preset hrnet_w48]
       [--micro_batches K] [--winograd-min-channels N]
@@ -75,7 +76,7 @@ def main() -> None:
 def time_step(args: argparse.Namespace, mesh: jax.sharding.Mesh, mgda_options) -> float:
   """Compiles and times one step kind; prints its numbers and returns the median step time."""
   replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  model = models.HRNet(config=models.preset(args.preset), dtype=train.DTYPES[args.dtype])
+  model = models.build(models.preset(args.preset), train.DTYPES[args.dtype])
   optim = ml_collections.ConfigDict(dict(base_lr=0.01, momentum=0.9, weight_decay=1e-4, power=0.9))
   tx, schedule = train.create_optimizer(optim, 600_000)
   luts = taxonomy.stacked_luts(taxonomy.RELABELED_TRAIN_DATASETS)

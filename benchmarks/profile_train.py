@@ -1,15 +1,16 @@
 """Where one train step's time goes on CPU: a profile summed by kind of operation.
 
   python benchmarks/profile_train.py --crop 233 --batch 2 [--dtype float32] [--default-options]
+      [--preset pspnet50]
 
-Compiles `train.train_step` for HRNet-W48 as train.py does (`--default-options`: XLA's default
-options, with YNN fusions), runs one warm-up step, profiles one step (`jax.profiler`, perfetto
-trace) and prints the thunk time per kind: convolutions split into forward / input-gradient /
-weight-gradient and by runtime (YNN fusion or XLA), transposes, reductions, other fusions;
-and XLA's temp buffer size. Shares hold under load; wall times do not. With train.py's options
-(YNN off) the Eigen convolutions run asynchronously and their events hold only the dispatch, so
-the convolution rows are meaningful with --default-options only; time a convolution kind alone
-instead (BENCHMARKS.md, issue 17).
+Compiles `train.train_step` for HRNet-W48 (or `--preset`) as train.py does
+(`--default-options`: XLA's default options, with YNN fusions), runs one warm-up step, profiles
+one step (`jax.profiler`, perfetto trace) and prints the thunk time per kind: convolutions split
+into forward / input-gradient / weight-gradient and by runtime (YNN fusion or XLA), transposes,
+reductions, other fusions; and XLA's temp buffer size. Shares hold under load; wall times do
+not. With train.py's options (YNN off) the Eigen convolutions run asynchronously and their
+events hold only the dispatch, so the convolution rows are meaningful with --default-options
+only; time a convolution kind alone instead (BENCHMARKS.md, issue 17).
 """
 
 import argparse
@@ -73,7 +74,7 @@ def main() -> None:
   mesh = train.make_mesh()
   jax.set_mesh(mesh)
   replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  model = models.HRNet(config=models.preset(args.preset), dtype=train.DTYPES[args.dtype])
+  model = models.build(models.preset(args.preset), train.DTYPES[args.dtype])
   optim = ml_collections.ConfigDict(dict(base_lr=0.01, momentum=0.9, weight_decay=1e-4, power=0.9))
   tx, schedule = train.create_optimizer(optim, 600_000)
   luts = taxonomy.stacked_luts(taxonomy.RELABELED_TRAIN_DATASETS)

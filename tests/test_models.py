@@ -324,28 +324,37 @@ def test_conv_after_gradient_computes_wide_fp32_3x3_convs_as_winograd_products(
 
 
 @pytest.mark.parametrize(
-  "kernel,stride,pad,size",
+  "kernel,stride,pad,size,dilation",
   [
-    (1, 1, 0, (7, 10)),
-    (3, 1, 1, (7, 10)),
-    (5, 1, 2, (7, 10)),
-    (3, 2, 1, (7, 10)),  # odd rows: the last phase row is padding
-    (3, 2, 1, (8, 11)),
-    (1, 2, 0, (7, 10)),
-    (5, 2, 2, (9, 6)),
-    (4, 2, 1, (9, 8)),  # even kernels and other paddings follow the same rule
-    (2, 1, 0, (7, 10)),
+    (1, 1, 0, (7, 10), 1),
+    (3, 1, 1, (7, 10), 1),
+    (5, 1, 2, (7, 10), 1),
+    (3, 2, 1, (7, 10), 1),  # odd rows: the last phase row is padding
+    (3, 2, 1, (8, 11), 1),
+    (1, 2, 0, (7, 10), 1),
+    (5, 2, 2, (9, 6), 1),
+    (4, 2, 1, (9, 8), 1),  # even kernels and other paddings follow the same rule
+    (2, 1, 0, (7, 10), 1),
+    (3, 1, 2, (7, 10), 2),  # PSPNet's layer3
+    (3, 1, 4, (9, 8), 4),  # PSPNet's layer4
+    (3, 1, 1, (9, 10), 3),  # less padding than reach: the output shrinks
   ],
 )
-def test_flat_kernel_gradient_is_the_convolutions_kernel_gradient(kernel, stride, pad, size):
-  """The flat-row matrix products that conv_after_gradient uses for stride-1 and 2 convs."""
+def test_flat_kernel_gradient_is_the_convolutions_kernel_gradient(
+  kernel, stride, pad, size, dilation
+):
+  """The flat-row matrix products that conv_after_gradient uses for stride-1 (dilated too) and
+  stride-2 convs."""
   rng = np.random.default_rng(kernel + stride)
   x = jnp.asarray(rng.normal(size=(3, *size, 4)), jnp.float32)
   w = jnp.asarray(rng.normal(size=(kernel, kernel, 4, 6)), jnp.float32)
   numbers = ("NHWC", "HWIO", "NHWC")
   padding = ((pad, pad), (pad, pad))
   conv = functools.partial(
-    jax.lax.conv_general_dilated, window_strides=(stride, stride), padding=padding
+    jax.lax.conv_general_dilated,
+    window_strides=(stride, stride),
+    padding=padding,
+    rhs_dilation=(dilation, dilation),
   )
   y, vjp = jax.vjp(lambda k: conv(x, k, dimension_numbers=numbers), w)
   g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
@@ -353,13 +362,13 @@ def test_flat_kernel_gradient_is_the_convolutions_kernel_gradient(kernel, stride
     (stride, stride),
     padding,
     None,
-    None,
+    (dilation, dilation),
     jax.lax.conv_dimension_numbers(x.shape, w.shape, numbers),
     1,
     None,
   )
   assert hrnet._has_flat_kernel_gradient(params, w.shape)
-  got = hrnet._flat_kernel_gradient(x, g, w.shape, stride, padding, None)
+  got = hrnet._flat_kernel_gradient(x, g, w.shape, stride, padding, None, dilation)
   np.testing.assert_allclose(got, vjp(g)[0], rtol=1e-5, atol=1e-4)
 
 
@@ -390,19 +399,27 @@ def test_phase_conv_is_the_stride_2_convolution_with_its_input_gradient(kernel, 
   np.testing.assert_allclose(got_vjp(g)[0], vjp(g)[0], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("stride, kernel", [(1, 3), (2, 3), (1, 5)])
-def test_conv_after_gradient_backward_in_a_loop_convolves_with_hwio_kernels(stride, kernel):
+@pytest.mark.parametrize("stride, kernel, dilation", [(1, 3, 1), (2, 3, 1), (1, 5, 1), (1, 3, 2)])
+def test_conv_after_gradient_backward_in_a_loop_convolves_with_hwio_kernels(
+  stride, kernel, dilation
+):
   """MGDA's per-dataset backward and micro-batches differentiate inside a loop, where XLA:CPU
   leaves a transposed-kernel (HWOI) convolution as slow generic code: every convolution of the
   compiled loop must read its kernel as HWIO, and the gradients stay those of the plain conv."""
   rng = np.random.default_rng(stride + kernel)
   x = jnp.asarray(rng.normal(size=(2, 9, 11, 4)), jnp.float32)
   w = jnp.asarray(rng.normal(size=(kernel, kernel, 4, 5)), jnp.float32)
-  padding = [(kernel // 2, kernel // 2)] * 2
+  padding = [(dilation * (kernel // 2), dilation * (kernel // 2))] * 2
   dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
 
   def gradients(fn, x, w):
-    y, vjp = jax.vjp(lambda x, w: fn(x, w, (stride, stride), padding, dimension_numbers=dn), x, w)
+    y, vjp = jax.vjp(
+      lambda x, w: fn(
+        x, w, (stride, stride), padding, rhs_dilation=(dilation, dilation), dimension_numbers=dn
+      ),
+      x,
+      w,
+    )
     cotangents = jnp.stack([jnp.cos(jnp.arange(y.size)), jnp.sin(jnp.arange(y.size))])
     return jax.lax.map(lambda g: vjp(g.reshape(y.shape)), cotangents)
 

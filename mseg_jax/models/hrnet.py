@@ -214,7 +214,7 @@ def conv_after_gradient(
   input and kernel; with plain autodiff it makes those copies as soon as the forward has the
   input, so every activation is kept twice until the backward (BENCHMARKS.md, issue 17). Here
   the backward divides them by a 1 computed from the gradient first, which moves the copies
-  to the backward. The kernel gradient of a stride-1 or 2 convolution is computed as matrix
+  to the backward. The kernel gradient of a stride-1 (dilated too) or 2 convolution is matrix
   products (`_flat_kernel_gradient`) and the input gradient of a stride-2 one from its phases
   (`_phase_conv`), both faster than XLA:CPU's own. A wide stride-1 3x3 convolution is computed,
   with both gradients, as Winograd products (`_has_winograd`). Same values and gradients, up to
@@ -278,14 +278,17 @@ def _late_conv_bwd(params, res, g):
     dlhs, drhs = jax.vjp(functools.partial(_plain_conv, params), lhs, rhs)[1](g)
   else:
     stride, padding, precision = params[0][0], params[1], params[-1]
+    dilation = _dilation(params)
     if stride == 2:
       conv = functools.partial(
         _phase_conv, w=rhs, padding=padding, out_hw=g.shape[1:3], precision=precision
       )
     else:
-      conv = functools.partial(_stride1_conv, w=rhs, padding=padding, precision=precision)
+      conv = functools.partial(
+        _stride1_conv, w=rhs, padding=padding, dilation=dilation, precision=precision
+      )
     (dlhs,) = jax.vjp(conv, lhs)[1](g)
-    drhs = _flat_kernel_gradient(lhs, g, rhs.shape, stride, padding, precision)
+    drhs = _flat_kernel_gradient(lhs, g, rhs.shape, stride, padding, precision, dilation)
     drhs = drhs.astype(rhs.dtype)
   # The kernel's gradient waits for the input's, whose convolution reads the kernel: then a
   # donated step's in-place update of the kernel comes after every read of it, and XLA does
@@ -293,17 +296,26 @@ def _late_conv_bwd(params, res, g):
   return dlhs, drhs * _opaque_one(dlhs.reshape(-1)[0]).astype(drhs.dtype)
 
 
+def _dilation(params) -> int:
+  """The kernel dilation of `params`, the same on both axes (0 where they differ)."""
+  rows, cols = params[3] or (1, 1)
+  return rows if rows == cols else 0
+
+
 def _has_flat_kernel_gradient(params, kernel_shape) -> bool:
   """Whether `params` describe a convolution `_flat_kernel_gradient` (and, at stride 2,
-  `_phase_conv`) handles: flax's NHWC/HWIO, ungrouped, undilated, stride 1 or 2 on both axes, a
-  square kernel with explicit padding (none for 1x1)."""
-  strides, padding, lhs_dilation, rhs_dilation, numbers, groups, _ = params
+  `_phase_conv`) handles: flax's NHWC/HWIO, ungrouped, stride 1 (any kernel dilation, as
+  PSPNet's) or 2 (undilated) on both axes, a square kernel with explicit padding (none for
+  1x1)."""
+  strides, padding, lhs_dilation, _, numbers, groups, _ = params
   k = kernel_shape[0]
   return (
     numbers == jax.lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), ("NHWC", "HWIO", "NHWC"))
     and groups == 1
-    and strides in ((1, 1), (2, 2))
-    and set(lhs_dilation or (1,)) == set(rhs_dilation or (1,)) == {1}
+    and (
+      strides == (1, 1) and _dilation(params) > 0 or strides == (2, 2) and _dilation(params) == 1
+    )
+    and set(lhs_dilation or (1,)) == {1}
     and kernel_shape[1] == k
     and not isinstance(padding, str)
     and (k > 1 or padding == ((0, 0), (0, 0)))
@@ -319,6 +331,7 @@ def _has_winograd(params, lhs, rhs) -> bool:
     and rhs.shape[0] == 3
     and params[0] == (1, 1)
     and params[1] == ((1, 1), (1, 1))
+    and _dilation(params) == 1
     and lhs.dtype == rhs.dtype == jnp.float32
     and min(rhs.shape[2:]) >= WINOGRAD_MIN_CHANNELS
   )
@@ -354,21 +367,28 @@ def _phase_conv(x, w, padding, out_hw: tuple[int, int], precision) -> jnp.ndarra
   y = 0
   for a in range(min(k, 2)):
     for b in range(min(k, 2)):
-      part = _stride1_conv(phases[2 * a + b], w[a::2, b::2], ((0, 0), (0, 0)), precision)
+      part = _stride1_conv(phases[2 * a + b], w[a::2, b::2], ((0, 0), (0, 0)), 1, precision)
       y = y + part[:, : out_hw[0], : out_hw[1]]
   return y
 
 
-def _hwio_conv(x, w, padding, precision) -> jnp.ndarray:
+def _hwio_conv(x, w, padding, dilation, precision) -> jnp.ndarray:
   return jax.lax.conv_general_dilated(
-    x, w, (1, 1), padding, precision=precision, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    x,
+    w,
+    (1, 1),
+    padding,
+    rhs_dilation=(dilation, dilation),
+    precision=precision,
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
   )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _stride1_conv(x, w, padding, precision) -> jnp.ndarray:
-  """The stride-1 convolution of `x` (N, H, W, C) by `w` (kh, kw, C, D) with explicit `padding`,
-  whose input gradient XLA:CPU runs as an Eigen convolution inside loops too.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _stride1_conv(x, w, padding, dilation, precision) -> jnp.ndarray:
+  """The stride-1 convolution of `x` (N, H, W, C) by `w` (kh, kw, C, D) with explicit `padding`
+  and kernel `dilation`, whose input gradient XLA:CPU runs as an Eigen convolution inside loops
+  too.
 
   JAX's input gradient reads the kernel with its in and out axes swapped (HWOI). XLA:CPU's
   ConvCanonicalization transposes such kernels for Eigen only in the entry computation; in a
@@ -376,36 +396,40 @@ def _stride1_conv(x, w, padding, precision) -> jnp.ndarray:
   several times slower (BENCHMARKS.md, issue 17). Here the backward transposes the flipped
   kernel itself, so the input gradient is an HWIO convolution wherever it runs. Same values.
   """
-  return _hwio_conv(x, w, padding, precision)
+  return _hwio_conv(x, w, padding, dilation, precision)
 
 
-def _stride1_conv_fwd(x, w, padding, precision):
-  return _hwio_conv(x, w, padding, precision), (x, w)
+def _stride1_conv_fwd(x, w, padding, dilation, precision):
+  return _hwio_conv(x, w, padding, dilation, precision), (x, w)
 
 
-def _stride1_conv_bwd(padding, precision, res, g):
+def _stride1_conv_bwd(padding, dilation, precision, res, g):
   x, w = res
-  pads = [(k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(w.shape[:2], padding, strict=True)]
-  dx = _hwio_conv(g, jnp.flip(w, (0, 1)).swapaxes(2, 3), pads, precision)
+  reach = [dilation * (k - 1) for k in w.shape[:2]]
+  pads = [(r - lo, r - hi) for r, (lo, hi) in zip(reach, padding, strict=True)]
+  dx = _hwio_conv(g, jnp.flip(w, (0, 1)).swapaxes(2, 3), pads, dilation, precision)
   # dead code where only dx is asked for, as in `_late_conv_bwd`
-  (dw,) = jax.vjp(lambda w: _hwio_conv(x, w, padding, precision), w)[1](g)
+  (dw,) = jax.vjp(lambda w: _hwio_conv(x, w, padding, dilation, precision), w)[1](g)
   return dx, dw
 
 
 _stride1_conv.defvjp(_stride1_conv_fwd, _stride1_conv_bwd)
 
 
-def _flat_kernel_gradient(x, g, kernel_shape, stride, padding, precision) -> jnp.ndarray:
-  """The kernel gradient (k, k, C, D) of a convolution (stride 1 or 2) of `x` (N, H, W, C) whose
-  output gradient is `g` (N, h, w, D), in fp32: one matrix product per tap on flattened rows.
+def _flat_kernel_gradient(
+  x, g, kernel_shape, stride, padding, precision, dilation: int = 1
+) -> jnp.ndarray:
+  """The kernel gradient (k, k, C, D) of a convolution (stride 1 or 2, kernel `dilation` r) of
+  `x` (N, H, W, C) whose output gradient is `g` (N, h, w, D), in fp32: one matrix product per
+  tap on flattened rows.
 
-  Tap (i, j) reads pixel (y, x) of phase (i % s, j % s) of the padded input (`_phases`, (h + e)
-  x (w + e) pixels each) shifted by (i // s, j // s). With g zero-padded on the right and
-  bottom to that grid too, tap (i, j) pairs g's flat row q with the phase's flat row
-  q + (i // s) (w + e) + j // s: a contiguous slice. Images stay apart until the final sum, so
-  a batch sharded over devices needs one reduction, after the loop. XLA:CPU's own
-  weight-gradient convolution is 1.5-3x slower than this at HRNet's shapes (BENCHMARKS.md,
-  issue 17).
+  Tap (i, j) reads the padded input at (s y + r i, s x + r j): pixel (y, x) of phase
+  (r i % s, r j % s) (`_phases`, (h + e) x (w + e) pixels each) shifted by (r i // s, r j // s).
+  With g zero-padded on the right and bottom to that grid too, tap (i, j) pairs g's flat row q
+  with the phase's flat row q + (r i // s) (w + e) + r j // s: a contiguous slice. Images stay
+  apart until the final sum, so a batch sharded over devices needs one reduction, after the
+  loop. XLA:CPU's own weight-gradient convolution is 1.5-3x slower than this at HRNet's shapes
+  and as fast at PSPNet's dilated ones (BENCHMARKS.md, issue 17).
   """
   k, _, c, d = kernel_shape
   n, h, w, _ = g.shape
@@ -418,7 +442,7 @@ def _flat_kernel_gradient(x, g, kernel_shape, stride, padding, precision) -> jnp
     dims = (((0, 1), (0, 1)), ((), ()))
     kernel = jax.lax.dot_general(first, second, dims, precision, jnp.float32)
     return (kernel.T if d < c else kernel).reshape(kernel_shape)
-  phases = _phases(x, k, s, padding, (h, w))
+  phases = _phases(x, dilation * (k - 1) + 1, s, padding, (h, w))
   hq, wq = phases.shape[2:4]
   e = hq - h
   phases = phases.reshape(s * s, n, -1, c)
@@ -426,8 +450,9 @@ def _flat_kernel_gradient(x, g, kernel_shape, stride, padding, precision) -> jnp
   m = hq * wq - (e * wq + e)  # g's later rows are all padding
   grads_t = jnp.swapaxes(grads[:, :m], 1, 2)  # (N, D, m)
   taps_ij = [(i, j) for i in range(k) for j in range(k)]
-  phase = jnp.array([i % s * s + j % s for i, j in taps_ij])
-  offset = jnp.array([i // s * wq + j // s for i, j in taps_ij])
+  r = dilation
+  phase = jnp.array([r * i % s * s + r * j % s for i, j in taps_ij])
+  offset = jnp.array([r * i // s * wq + r * j // s for i, j in taps_ij])
   dims = (((2,), (1,)), ((0,), (0,)))
 
   def tap(t, taps):
