@@ -135,8 +135,12 @@ class HRNet(nn.Module):
     return F.interpolate(self.last_layer(x), size=size, mode="bilinear", align_corners=True)
 
 
-def time_train_step(model: nn.Module, size: int, batch: int, repeats: int) -> list[float]:
-  """Seconds per official SGD step on random images and labels (ignore 255 included)."""
+def time_train_step(
+  model: nn.Module, size: int, batch: int, repeats: int, loss_weights=(1.0,)
+) -> list[float]:
+  """Seconds per official SGD step on random images and labels (ignore 255 included). A model
+  with several outputs in training (PSPNet: main, aux) is trained on their losses weighed by
+  `loss_weights`."""
   model.train()
   optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
   criterion = nn.CrossEntropyLoss(ignore_index=255)
@@ -146,7 +150,9 @@ def time_train_step(model: nn.Module, size: int, batch: int, repeats: int) -> li
   times = []
   for i in range(repeats + 1):  # the first step warms up
     start = time.perf_counter()
-    loss = criterion(model(x), target)
+    outputs = model(x)
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    loss = sum(w * criterion(y, target) for w, y in zip(loss_weights, outputs, strict=True))
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
@@ -157,6 +163,16 @@ def time_train_step(model: nn.Module, size: int, batch: int, repeats: int) -> li
 
 def peak_rss_gib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def print_train_steps(model: nn.Module, args: argparse.Namespace, loss_weights=(1.0,)) -> None:
+  """One line per --sizes: the median and min of `time_train_step`, and the peak RSS."""
+  for size in args.sizes:
+    times = time_train_step(model, size, args.batch, args.repeats, loss_weights)
+    print(
+      f"{size}x{size}: median {statistics.median(times):.3f} s, min {min(times):.3f} s, "
+      f"peak RSS {peak_rss_gib():.2f} GiB"
+    )
 
 
 def window_starts(size: int, crop: int) -> list[int]:
@@ -323,12 +339,7 @@ def main() -> None:
       f"torch {torch.__version__}, {args.threads} threads, HRNet-W48 ({params:,} params), "
       f"fp32, training step (forward, loss, backward, SGD), batch {args.batch}"
     )
-    for size in args.sizes:
-      times = time_train_step(model, size, args.batch, args.repeats)
-      print(
-        f"{size}x{size}: median {statistics.median(times):.3f} s, min {min(times):.3f} s, "
-        f"peak RSS {peak_rss_gib():.2f} GiB"
-      )
+    print_train_steps(model, args)
     return
   print(
     f"torch {torch.__version__}, {args.threads} threads, HRNet-W48 ({params:,} params), "

@@ -19,12 +19,12 @@ for a clean peak).
 """
 
 import argparse
-import resource
 import statistics
 import time
 
 import torch
 import torch.nn.functional as F
+from bench_torch_hrnet import print_train_steps
 from torch import nn
 
 OFFICIAL_PARAMS = 49_214_788
@@ -107,27 +107,6 @@ class PSPNet(nn.Module):
     return x, F.interpolate(self.aux(layer3), size, mode="bilinear", align_corners=True)
 
 
-def time_train_step(model: nn.Module, size: int, batch: int, repeats: int) -> list[float]:
-  """Seconds per official SGD step (main + 0.4 x aux loss) on random images and labels."""
-  model.train()
-  optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-  criterion = nn.CrossEntropyLoss(ignore_index=255)
-  x = torch.randn(batch, 3, size, size)
-  target = torch.randint(0, 194, (batch, size, size))
-  target[:, :8] = 255
-  times = []
-  for i in range(repeats + 1):  # the first step warms up
-    start = time.perf_counter()
-    main, aux = model(x)
-    loss = criterion(main, target) + 0.4 * criterion(aux, target)
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
-    if i:
-      times.append(time.perf_counter() - start)
-  return times
-
-
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--sizes", type=int, nargs="+", default=[473, 713])
@@ -146,12 +125,7 @@ def main() -> None:
       f"torch {torch.__version__}, {args.threads} threads, PSPNet-50 ({params:,} params), "
       f"fp32, training step (forward, main + aux loss, backward, SGD), batch {args.batch}"
     )
-    for size in args.sizes:
-      times = time_train_step(model, size, args.batch, args.repeats)
-      print(
-        f"{size}x{size}: median {statistics.median(times):.3f} s, min {min(times):.3f} s, "
-        f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
-      )
+    print_train_steps(model, args, loss_weights=(1.0, 0.4))
     return
   print(
     f"torch {torch.__version__}, {args.threads} threads, PSPNet-50 ({params:,} params), "
