@@ -55,6 +55,7 @@ def get_config(arg: str = "1080p") -> ml_collections.ConfigDict:
   config.log_every = 20
   config.seed = 0
   config.resume_despite_changes = False  # resume a checkpoint whose config computes differently
+  config.compilation_cache = True  # compiled steps in <workdir>/jax_cache, for a faster resume
   config.distributed = dict(
     enabled=False,
     cpu_collectives="gloo",  # how CPU devices of several processes talk

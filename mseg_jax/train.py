@@ -288,6 +288,7 @@ def make_plan(
 # Everything else (and the derived values but the device layout) must match the checkpoint.
 RESUME_FREE = (
   "checkpoint",
+  "compilation_cache",
   "data.data_root",
   "data.lists_dir",
   "data.num_workers",
@@ -1174,11 +1175,21 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the model.")
 
 
+def use_compilation_cache(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Keeps compiled steps in `<workdir>/jax_cache` when `config.compilation_cache` is on, so that
+  a resumed run loads them (W48's train step on 2 CPU cores: 85-102 s to start instead of
+  207-269 s). $JAX_COMPILATION_CACHE_DIR, when set, takes precedence. Call before anything
+  compiles: JAX fixes its cache at the first compilation."""
+  if config.compilation_cache and jax.config.jax_compilation_cache_dir is None:
+    jax.config.update("jax_compilation_cache_dir", str(Path(workdir) / "jax_cache"))
+
+
 def main(argv: list[str]) -> None:
   del argv
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   config = _CONFIG.value
+  use_compilation_cache(config, _WORKDIR.value)
   initialize_distributed(config)
   plan = make_plan(config)
   ensure_data(config)
