@@ -308,13 +308,11 @@ def _has_flat_kernel_gradient(params, kernel_shape) -> bool:
   PSPNet's) or 2 (undilated) on both axes, a square kernel with explicit padding (none for
   1x1)."""
   strides, padding, lhs_dilation, _, numbers, groups, _ = params
-  k = kernel_shape[0]
+  k, dilation = kernel_shape[0], _dilation(params)
   return (
     numbers == jax.lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), ("NHWC", "HWIO", "NHWC"))
     and groups == 1
-    and (
-      strides == (1, 1) and _dilation(params) > 0 or strides == (2, 2) and _dilation(params) == 1
-    )
+    and ((strides == (1, 1) and dilation > 0) or (strides == (2, 2) and dilation == 1))
     and set(lhs_dilation or (1,)) == {1}
     and kernel_shape[1] == k
     and not isinstance(padding, str)
