@@ -9,6 +9,7 @@
   python benchmarks/bench_inference.py --settings 360:ss --estimate ""     # ours, alternated
   python benchmarks/bench_torch_hrnet.py --single-crop 2                   # batched, crop 473
   python benchmarks/bench_inference.py --single-crop 2                     # ours, alternated
+  python benchmarks/bench_torch_hrnet.py --cuda --train --sizes 713 --batch 5  # on a GPU
 
 CPU timings on a shared machine drift by 10-30% within minutes, so compare the two scripts
 run alternately, not against numbers taken at another time. The network is the official
@@ -17,7 +18,9 @@ as a module, random weights: time does not depend on them); its parameter count 
 against the released model's 65,985,554. `--train` times the official training step instead:
 train-mode forward (BN batch statistics), cross entropy with ignore 255 at full resolution,
 backward and SGD (momentum 0.9, weight decay 1e-4), and prints the process's peak RSS (run one
-mode per process for a clean peak).
+mode per process for a clean peak). `--cuda` runs the forward (batches --forward-batches) and the
+training step on the GPU, fp32 as the official recipes (apex O0) with PyTorch's defaults (TF32
+convolutions) and cudnn.benchmark, and prints the peak memory PyTorch allocated on the device.
 
 `--frame` times the official `InferenceTask` single-scale procedure on a random uint8
 --width x --height frame, per base size: short side round(base size) (cv2 INTER_LINEAR), mean
@@ -47,6 +50,7 @@ WIDTHS = (48, 96, 192, 384)
 RELEASED_PARAMS = 65_985_554
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
+CPU = torch.device("cpu")
 
 
 def conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1, relu: bool = True):
@@ -135,8 +139,19 @@ class HRNet(nn.Module):
     return F.interpolate(self.last_layer(x), size=size, mode="bilinear", align_corners=True)
 
 
+def sync(device: torch.device) -> None:
+  """Waits for the device's queued work (timings on a GPU are otherwise launch times)."""
+  if device.type == "cuda":
+    torch.cuda.synchronize(device)
+
+
 def time_train_step(
-  model: nn.Module, size: int, batch: int, repeats: int, loss_weights=(1.0,)
+  model: nn.Module,
+  size: int,
+  batch: int,
+  repeats: int,
+  loss_weights=(1.0,),
+  device: torch.device = CPU,
 ) -> list[float]:
   """Seconds per official SGD step on random images and labels (ignore 255 included). A model
   with several outputs in training (PSPNet: main, aux) is trained on their losses weighed by
@@ -144,8 +159,8 @@ def time_train_step(
   model.train()
   optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
   criterion = nn.CrossEntropyLoss(ignore_index=255)
-  x = torch.randn(batch, 3, size, size)
-  target = torch.randint(0, 194, (batch, size, size))
+  x = torch.randn(batch, 3, size, size, device=device)
+  target = torch.randint(0, 194, (batch, size, size), device=device)
   target[:, :8] = 255
   times = []
   for i in range(repeats + 1):  # the first step warms up
@@ -156,6 +171,7 @@ def time_train_step(
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
+    sync(device)
     if i:
       times.append(time.perf_counter() - start)
   return times
@@ -165,13 +181,26 @@ def peak_rss_gib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def print_train_steps(model: nn.Module, args: argparse.Namespace, loss_weights=(1.0,)) -> None:
-  """One line per --sizes: the median and min of `time_train_step`, and the peak RSS."""
+def peak_memory(device: torch.device) -> str:
+  """The process's peak RSS, and on a GPU the peak memory PyTorch allocated there."""
+  text = f"peak RSS {peak_rss_gib():.2f} GiB"
+  if device.type == "cuda":
+    text += f", device peak {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
+  return text
+
+
+def print_train_steps(
+  model: nn.Module,
+  args: argparse.Namespace,
+  loss_weights=(1.0,),
+  device: torch.device = CPU,
+) -> None:
+  """One line per --sizes: the median and min of `time_train_step`, and the peak memory."""
   for size in args.sizes:
-    times = time_train_step(model, size, args.batch, args.repeats, loss_weights)
+    times = time_train_step(model, size, args.batch, args.repeats, loss_weights, device)
     print(
       f"{size}x{size}: median {statistics.median(times):.3f} s, min {min(times):.3f} s, "
-      f"peak RSS {peak_rss_gib():.2f} GiB"
+      f"{args.batch / statistics.median(times):.1f} img/s, {peak_memory(device)}"
     )
 
 
@@ -281,6 +310,10 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--train", action="store_true", help="time the training step")
   parser.add_argument("--batch", type=int, default=2, help="training batch (--train)")
+  parser.add_argument("--cuda", action="store_true", help="forward and --train on the GPU")
+  parser.add_argument(
+    "--forward-batches", type=int, nargs="+", default=[1], help="forward batch sizes"
+  )
   parser.add_argument("--frame", action="store_true", help="time InferenceTask on one frame")
   parser.add_argument("--base-sizes", type=int, nargs="+", default=[360, 720], help="--frame")
   parser.add_argument(
@@ -295,11 +328,17 @@ def main() -> None:
   )
   args = parser.parse_args()
   torch.set_num_threads(args.threads)
+  device = torch.device("cuda" if args.cuda else "cpu")
+  torch.backends.cudnn.benchmark = True
   model = HRNet().eval()
   params = sum(p.numel() for p in model.parameters())
   if params != RELEASED_PARAMS:
     raise SystemExit(f"{params} parameters, the released model has {RELEASED_PARAMS}")
   rng = np.random.default_rng(0)
+  if args.cuda and (args.frame or args.single_crop):
+    raise SystemExit("--frame and --single-crop run on the CPU")
+  where = torch.cuda.get_device_name(device) if args.cuda else f"{args.threads} threads"
+  model.to(device)
   if args.frame:
     crop = args.crop or 713
     frame = rng.integers(0, 256, (args.height, args.width, 3), dtype=np.uint8)
@@ -336,25 +375,29 @@ def main() -> None:
     return
   if args.train:
     print(
-      f"torch {torch.__version__}, {args.threads} threads, HRNet-W48 ({params:,} params), "
+      f"torch {torch.__version__}, {where}, HRNet-W48 ({params:,} params), "
       f"fp32, training step (forward, loss, backward, SGD), batch {args.batch}"
     )
-    print_train_steps(model, args)
+    print_train_steps(model, args, device=device)
     return
-  print(
-    f"torch {torch.__version__}, {args.threads} threads, HRNet-W48 ({params:,} params), "
-    "fp32, batch 1, eval, no_grad"
-  )
+  print(f"torch {torch.__version__}, {where}, HRNet-W48 ({params:,} params), fp32, eval, no_grad")
   for size in args.sizes:
-    x = torch.randn(1, 3, size, size)
-    with torch.no_grad():
-      model(x)
-      times = []
-      for _ in range(args.repeats):
-        start = time.perf_counter()
+    for batch in args.forward_batches:
+      x = torch.randn(batch, 3, size, size, device=device)
+      with torch.no_grad():
         model(x)
-        times.append(time.perf_counter() - start)
-    print(f"{size}x{size}: median {statistics.median(times):.3f} s, min {min(times):.3f} s")
+        sync(device)
+        times = []
+        for _ in range(args.repeats):
+          start = time.perf_counter()
+          model(x)
+          sync(device)
+          times.append(time.perf_counter() - start)
+      median = statistics.median(times)
+      print(
+        f"{size}x{size} batch {batch}: median {median:.4f} s, min {min(times):.4f} s, "
+        f"{batch / median:.1f} img/s, {peak_memory(device)}"
+      )
 
 
 if __name__ == "__main__":
