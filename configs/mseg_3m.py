@@ -37,7 +37,7 @@ def get_config(arg: str = "1080p") -> ml_collections.ConfigDict:
     short_size=short,
     scale_range=(0.5, 2.0),  # official scale_min, scale_max
     rotate_range=(-10.0, 10.0),  # official rotate_min, rotate_max (degrees)
-    num_workers=8,  # grain worker processes per host (README: 8-12 on GPU hosts)
+    num_workers=8,  # grain worker processes per host (README: about 4-5 per GPU)
   )
   config.batch_size = batch  # global; split evenly over the datasets, padded to the devices
   # crops one device runs in one forward/backward; a smaller share than the step's runs it in
