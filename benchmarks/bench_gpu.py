@@ -3,6 +3,7 @@
   python benchmarks/bench_gpu.py                    # GPU: W48, the full table
   python benchmarks/bench_gpu.py --tiny             # any device: tiny sizes, checks the script
   python benchmarks/bench_gpu.py --only train_step  # some: forward train_step predictor batched
+  python benchmarks/bench_gpu.py --only train_step --trace /tmp/trace  # + one profiled step
 
 Prints, per line: forward images/s (fp32 and bf16; batch 1/16/32; 473 and 713; BN folded, eval),
 the train step (713 crops, 5 per device, fp32 and bf16: s/step, images/s), the end-to-end
@@ -11,7 +12,8 @@ mode (frames/s). Random weights. The forward and the train step also print their
 and their executable's device memory (arguments + outputs - donated + XLA temporaries), which
 is theirs alone; the Predictor lines print the process's device peak so far (JAX cannot reset
 it). The items run most wanted first (the roofline's forward, the train steps, base 720), and
-those that would start after --budget-s (default 420 s) are skipped and say so.
+those that would start after --budget-s (default 420 s) are skipped and say so. `--trace DIR`
+profiles one more train step per dtype into DIR/<dtype> (`jax.profiler`, with a perfetto trace).
 """
 
 import argparse
@@ -77,7 +79,9 @@ def forward(config, variables, dtype, size: int, batch: int, repeats: int) -> st
   )
 
 
-def train_step(config, dtype, crop: int, per_device: int, repeats: int) -> str:
+def train_step(
+  config, dtype, crop: int, per_device: int, repeats: int, trace: str | None = None
+) -> str:
   mesh = train.make_mesh()
   jax.set_mesh(mesh)
   replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
@@ -109,6 +113,9 @@ def train_step(config, dtype, crop: int, per_device: int, repeats: int) -> str:
     return metrics
 
   first, median = timed(run, repeats)
+  if trace:
+    with jax.profiler.trace(f"{trace}/{jnp.dtype(dtype).name}", create_perfetto_trace=True):
+      jax.block_until_ready(run())
   return (
     f"train step {jnp.dtype(dtype).name} {crop}^2 x {per_device}/device x {jax.device_count()}: "
     f"{median:.3f} s/step, {batch / median:.1f} img/s (compile {compile_s:.1f} s, first step "
@@ -144,6 +151,7 @@ def main() -> None:
   parser.add_argument("--tiny", action="store_true", help="small preset and sizes (CPU check)")
   parser.add_argument("--budget-s", type=float, default=420)
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--trace", metavar="DIR", help="profile one more train step per dtype here")
   parser.add_argument(
     "--only",
     nargs="+",
@@ -185,7 +193,8 @@ def main() -> None:
     for d in (bf16, fp32)
   ]
   trains = [
-    functools.partial(train_step, config, d, crop, per_device, repeats) for d in (fp32, bf16)
+    functools.partial(train_step, config, d, crop, per_device, repeats, args.trace)
+    for d in (fp32, bf16)
   ]
   predictors = [
     functools.partial(predictor, config, variables, d, frame, base, 8, repeats)
