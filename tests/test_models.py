@@ -112,10 +112,8 @@ def test_bf16_compute_keeps_fp32_params_and_logits_at_any_size(golden_small):
 
 def test_materialize_is_an_exact_identity_with_identity_gradient():
   x = jnp.array([0.0, -0.0, 1.5, -3e38, 3e38, 2e-38, jnp.inf, -jnp.inf, jnp.nan])
-  y = np.asarray(materialize(x))
-  bits = np.asarray(x).view(np.uint32)
-  np.testing.assert_array_equal(y[:-1].view(np.uint32), bits[:-1])
-  assert np.isnan(y[-1])  # a GPU's division returns its canonical NaN, not the same bits
+  y = materialize(x)
+  np.testing.assert_array_equal(np.asarray(y).view(np.uint32), np.asarray(x).view(np.uint32))
   np.testing.assert_array_equal(jax.grad(lambda x: materialize(x[:6]).sum())(x)[:6], 1.0)
 
 
